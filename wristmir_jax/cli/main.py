@@ -1,0 +1,74 @@
+"""Entry point of `wristmir` (and `python -m wristmir_jax`)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from wristmir_jax.config import split_overrides
+from wristmir_jax.errors import UserError
+
+# name -> (module, one-line help). Modules are imported lazily.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("wristmir_jax.cli.synth", "generate the procedural radiograph + report dataset"),
+    "mine": ("wristmir_jax.cli.mine", "mine reports into structured findings, captions (mined.jsonl)"),
+    "import-grazpedwri": ("wristmir_jax.cli.import_grazpedwri", "import a GRAZPEDWRI-DX-style dataset"),
+    "localize": ("wristmir_jax.cli.localize", "train / predict / evaluate the bone localizer"),
+    "build": ("wristmir_jax.cli.build", "build the TFDS ArrayRecord dataset for training"),
+    "train": ("wristmir_jax.cli.train", "train the global + local contrastive encoders"),
+    "embed": ("wristmir_jax.cli.embed", "embed a split into a retrieval index"),
+    "search": ("wristmir_jax.cli.search", "query an index (image, text or id), optionally per bone"),
+    "evaluate": ("wristmir_jax.cli.evaluate", "retrieval and diagnosis metrics for an index"),
+    "bench": ("wristmir_jax.cli.bench", "throughput / memory benchmarks (JSON)"),
+    "demo": ("wristmir_jax.cli.demo", "the whole pipeline on synthetic data, ending in report.md"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="wristmir",
+        description="Region-aware retrieval of pediatric wrist radiographs, trained from reports.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n" + "\n".join(f"  {k:<18} {v[1]}" for k, v in COMMANDS.items())
+        + "\n\n`wristmir COMMAND --help` shows a command's options.",
+    )
+    p.add_argument("command", nargs="?", help="one of the commands below")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _top_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        top.print_help()
+        sys.exit(0 if argv else 2)
+    if argv[0] == "--version":
+        from wristmir_jax import __version__
+
+        print(__version__)
+        sys.exit(0)
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"wristmir: error: unknown command {name!r} (try `wristmir --help`)", file=sys.stderr)
+        sys.exit(2)
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(prog=f"wristmir {name}", description=COMMANDS[name][1])
+    module.add_arguments(parser)
+    rest, overrides = split_overrides(rest)
+    args = parser.parse_args(rest)
+    args.config_overrides = overrides
+    try:
+        code = module.run(args)
+    except UserError as e:
+        print(f"wristmir {name}: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print(f"wristmir {name}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(int(code or 0))
+
+
+if __name__ == "__main__":
+    main()
