@@ -1,3 +1,24 @@
 """Losses: contrastive objectives as pure functions `loss(emb, batch, cfg) -> (scalar, aux)`,
-a registry by name, and a ring (shard_map + ppermute) variant for large global batches.
-Imports only jax (and numpy)."""
+a registry by name, the weighted objective, and a ring (shard_map + ppermute) variant whose
+memory does not grow with the global batch. Imports only jax, numpy and the standard library.
+
+Registered terms (parameters with defaults; see contrastive.py for the formulas and the handling
+of identical captions and missing crops):
+  global_clip, local_clip                  symmetric InfoNCE (CLIP); local = per bone, pooled
+  global_siglip, local_siglip              sigmoid loss with learned bias (SigLIP)
+  global_multipos, local_multipos          multi-positive InfoNCE        threshold=0.75
+  global_soft, local_soft                  soft-target InfoNCE           temperature=0.1
+  global_rank, local_rank                  relevance-ranking triplets    relevance_gap=0.25,
+                                                                         margin=0.1, chunk=32
+  anatomy_soft                             anatomy-conditioned soft InfoNCE over all bones
+  {global,local}_{clip,siglip,multipos}_ring   the same values and gradients computed blockwise
+                                           over the mesh's data axis    mesh=None, axis="data"
+                                           (+ threshold for multipos)
+The objective's config shape is documented in objective.py.
+"""
+
+from wristmir_jax.losses import contrastive, ring  # noqa: F401  (registers the terms)
+from wristmir_jax.losses.objective import objective
+from wristmir_jax.losses.registry import get, names, register
+
+__all__ = ["objective", "register", "get", "names", "contrastive", "ring"]

@@ -1,0 +1,83 @@
+"""Localizer throughput: jitted batched inference on canonical 256 px images (the issue's target
+is >= 50 images/s on 2 CPU cores), the whole predict path from a decoded original image, and
+one training step. Weights are freshly initialised: speed does not depend on their values.
+
+Ratios (`inference_vs_target`) are measured inside this one run; nothing here asserts time.
+CPU seconds are reported beside wall seconds because the dev machine is shared.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from functools import partial
+
+import numpy as np
+
+TARGET_IMAGES_PER_S = 50.0
+
+
+def _timeit(fn, repeats: int) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) per call, after one warm-up call."""
+    fn()  # compile / warm up
+    c0, t0 = time.process_time(), time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - t0) / repeats, (time.process_time() - c0) / repeats
+
+
+def run(quick: bool = False) -> dict:
+    import jax
+
+    from wristmir_jax.imaging.localizer import (Localizer, LocalizerConfig, init_params,
+                                                predict_prepared)
+    from wristmir_jax.imaging.localizer_train import make_optimizer, make_train_step
+
+    size = 256
+    batch = 32
+    repeats = 3 if quick else 10
+    cfg = LocalizerConfig(image_size=size)
+    params = init_params(cfg, 0)
+    rng = np.random.default_rng(0)
+    x = rng.random((batch, size, size), dtype=np.float32)
+
+    fwd = jax.jit(partial(predict_prepared, cfg))
+    t_batch, cpu_batch = _timeit(lambda: jax.block_until_ready(fwd(params, x)), repeats)
+    ips = batch / t_batch
+
+    # End to end from decoded original images (normalise + flip + resize + infer + map back).
+    originals = [rng.random((512, 512), dtype=np.float32) for _ in range(batch)]
+    loc = Localizer(cfg, params, batch_size=batch)
+    t_e2e, _ = _timeit(lambda: loc.predict(originals, ["left"] * batch), max(1, repeats // 2))
+
+    # One training step (batch 32): how many steps fit in the 10-minute training budget.
+    tx = make_optimizer(3e-3, 1000)
+    step = make_train_step(cfg, tx)
+    state = {"p": init_params(cfg, 1), "o": None}
+    state["o"] = tx.init(state["p"])
+    imgs = (x * 255).astype(np.uint8)
+    boxes = np.tile(np.array([[40, 60, 100, 140], [120, 70, 160, 140], [140, 50, 156, 66]],
+                             np.float32), (batch, 1, 1))
+    has = np.ones((batch, 3), np.float32)
+    key = jax.random.PRNGKey(0)
+
+    def train_once():
+        state["p"], state["o"], loss, _ = step(state["p"], state["o"], imgs, boxes, has, key)
+        jax.block_until_ready(loss)
+
+    t_step, cpu_step = _timeit(train_once, max(1, repeats // 2))
+    return {
+        "image_size": size, "batch_size": batch,
+        "inference_images_per_s": round(ips, 1),
+        "inference_vs_target": round(ips / TARGET_IMAGES_PER_S, 3),
+        # On a shared machine wall time includes waiting for the CPU; CPU seconds do not.
+        # (images per CPU-second) x 2 cores is what two idle cores would reach at best.
+        "inference_images_per_cpu_s": round(batch / cpu_batch, 1),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "target_images_per_s": TARGET_IMAGES_PER_S,
+        "end_to_end_images_per_s_from_512px": round(batch / t_e2e, 1),
+        "train_step_s_batch32": round(t_step, 3),
+        "train_steps_in_10_min": int(600 / t_step),
+        "train_step_cpu_s_batch32": round(cpu_step, 3),
+        "devices": [str(d) for d in jax.devices()][:1],
+    }

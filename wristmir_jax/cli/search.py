@@ -1,0 +1,183 @@
+"""`wristmir search --index INDEX_DIR (--image PATH | --text "..." | --id ID) [--region R] [-k 10]
+[--json] [--panel out.png]`: the most similar prior cases. An image or an indexed id searches
+image->image (two-stage by default: global top-K, reranked for the chosen bone); `--report`
+searches image->report instead; a text searches text->image (with --region: a region caption
+against that bone's crops). Same-patient results are excluded unless --include-same-patient.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from wristmir_jax.errors import UserError
+from wristmir_jax.schema import REGIONS
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--index", required=True, help="INDEX_DIR written by `wristmir embed`")
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--image", help="query radiograph (PNG, JPEG or DICOM)")
+    q.add_argument("--text", help="free text or a region caption, e.g. 'distal radius: buckle fracture'")
+    q.add_argument("--id", help="an item of the index as the query")
+    p.add_argument("--region", default=None,
+                   help=f"bone(s) of interest: {', '.join(REGIONS)}, comma-separated, or all")
+    p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    p.add_argument("--method", choices=("two_stage", "global", "region"), default="two_stage")
+    p.add_argument("--report", action="store_true", help="image->report: rank the database's reports")
+    p.add_argument("--box", default=None, metavar="X0,Y0,X1,Y1",
+                   help="with --image: a box (original pixels) around the bone named by --region")
+    p.add_argument("--laterality", choices=("left", "right"), default=None, help="side of the query image")
+    p.add_argument("--localizer", default=None, help="localizer workdir for the query image's bone boxes")
+    p.add_argument("--workdir", default=None, help="model workdir (default: the one recorded in the index)")
+    p.add_argument("--data", default=None, help="DATA_DIR (default: the one recorded in the index)")
+    p.add_argument("--include-same-patient", action="store_true")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--panel", default=None, help="write a PNG panel of the query and results")
+
+
+def _parse_box(text: str) -> list[float]:
+    try:
+        box = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise UserError(f"--box {text!r}: expected four numbers X0,Y0,X1,Y1") from None
+    if len(box) != 4:
+        raise UserError(f"--box {text!r}: expected four numbers X0,Y0,X1,Y1")
+    return box
+
+
+def search(args: argparse.Namespace) -> dict:
+    """Runs the query; returns the JSON-able result (also used by tests and the demo)."""
+    from wristmir_jax.eval.panels import findings_text
+    from wristmir_jax.retrieval.query import Retriever
+    from wristmir_jax.retrieval.rerank import parse_condition, settings
+    from wristmir_jax.retrieval.store import load_index
+
+    if args.k <= 0:
+        raise UserError(f"-k must be a positive integer, got {args.k}")
+    names = parse_condition(args.region)  # validates region names before any heavy work
+    single = names[0] if len(names) == 1 else None
+    index = load_index(args.index)
+    retr = Retriever(index, settings(None))
+    k = min(args.k, index.count)
+    qinfo: dict = {}
+    query_region = single
+    if args.id is not None:
+        pos = index.position(args.id)
+        q = retr.from_index_items([pos])
+        if args.include_same_patient:
+            q.groups = None
+        qinfo = {"kind": "id", "id": args.id, "ref": str(index.arrays.images[pos]),
+                 "boxes": index.arrays.boxes[pos].tolist(),
+                 "findings": findings_text(index.arrays.records[pos], query_region)}
+    else:
+        from wristmir_jax.retrieval.encode import QueryModel
+
+        qm = QueryModel(index, workdir=args.workdir, data_dir=args.data)
+        if args.text is not None:
+            if args.report or args.box:
+                raise UserError("--report and --box need an image query")
+            if len(names) > 1 and args.region not in (None, "all"):
+                raise UserError("a text query can name one region at most")
+            t = qm.encode_text(args.text, single)
+            s, i = retr.text_to_image(t, region=single, k=k)
+            qinfo = {"kind": "text", "region": single}
+            return _result(index, qinfo, s[0], i[0], query_region, args, qm=qm)
+        box = _parse_box(args.box) if args.box else None
+        if box is not None and single is None:
+            raise UserError("--box needs --region naming one bone")
+        q, info = qm.encode_image_file(args.image, laterality=args.laterality, localizer=args.localizer,
+                                       box=box, box_region=single)
+        qinfo = {"kind": "image", "path": args.image, "crop_source": info["crop_source"],
+                 "prepared": info["prepared"], "boxes": info["boxes"]}
+    if args.report:
+        s, i = retr.image_to_report(q, k=k)
+    else:
+        s, i = retr.image_to_image(q, region=args.region, k=k, method=args.method,
+                                   exclude_same_patient=not args.include_same_patient)
+    return _result(index, qinfo, s[0], i[0], query_region, args)
+
+
+def _result(index, qinfo, scores, idx, region, args, qm=None) -> dict:
+    from wristmir_jax.eval.panels import findings_text
+
+    a = index.arrays
+    rows = []
+    for rank, (s, j) in enumerate(zip(scores.tolist(), idx.tolist()), start=1):
+        if j < 0:
+            continue
+        rows.append({"rank": rank, "id": str(a.ids[j]), "score": round(float(s), 6),
+                     "findings": findings_text(a.records[j], region),
+                     "fracture": {r: int(v) for r, v in zip(REGIONS, _labels(a.records[j]))},
+                     "ref": str(a.images[j]),
+                     "boxes": np.round(np.where(np.isfinite(a.boxes[j]), a.boxes[j], -1), 1).tolist()})
+    query = {k: v for k, v in qinfo.items() if k not in ("prepared", "boxes", "ref")}
+    if args.text is not None:
+        query["text"] = args.text
+    return {"query": query, "region": args.region or "all", "method": "report" if args.report else
+            ("text" if args.text is not None else args.method), "k": args.k, "results": rows,
+            "_qinfo": qinfo}
+
+
+def _labels(record):
+    from wristmir_jax.schema import fracture_labels
+
+    return fracture_labels(np.asarray(record))
+
+
+def _print_table(res: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    q = res["query"]
+    title = {"id": f"query id {q.get('id')}", "image": f"query image {q.get('path')}",
+             "text": "text query"}[q["kind"]]
+    t = Table(title=f"{title} | region {res['region']} | {res['method']}")
+    t.add_column("rank", justify="right")
+    t.add_column("id")
+    t.add_column("score", justify="right")
+    for r in REGIONS:
+        t.add_column(r.replace("_", " "), justify="center")
+    t.add_column("findings")
+    for row in res["results"]:
+        t.add_row(str(row["rank"]), row["id"], f"{row['score']:.4f}",
+                  *("fx" if row["fracture"][r] else "-" for r in REGIONS), row["findings"])
+    Console(file=sys.stdout, width=160).print(t)
+
+
+def _panel(res: dict, index, path: str, data_dir: str | None) -> None:
+    from wristmir_jax.eval.panels import ImageStore, draw_panel
+
+    store = ImageStore(data_dir or index.fingerprint.get("data_dir"))
+    qi = res["_qinfo"]
+    region = res["region"] if res["region"] in REGIONS else None
+    if qi["kind"] == "text":
+        query = {"title": "query (text)", "image": None, "placeholder": qi.get("text") or "", "text": ""}
+        query["placeholder"] = "\n".join(__import__("textwrap").wrap(res["query"].get("text", ""), 24))
+    else:
+        img = qi.get("prepared") if qi["kind"] == "image" else store.get(qi["ref"])
+        query = {"title": "query" + (f" {qi.get('id')}" if qi.get("id") else ""), "image": img,
+                 "boxes": qi.get("boxes"), "text": qi.get("findings", "")}
+    tiles = [{"title": f"#{r['rank']} {r['id']} ({r['score']:.3f})", "image": store.get(r["ref"]),
+              "boxes": [None if b[0] < 0 else b for b in r["boxes"]], "text": r["findings"]}
+             for r in res["results"]]
+    draw_panel(path, query, tiles, region=region)
+
+
+def run(args: argparse.Namespace) -> int:
+    res = search(args)
+    if args.panel:
+        from wristmir_jax.retrieval.store import load_index
+
+        _panel(res, load_index(args.index), args.panel, args.data)
+    res.pop("_qinfo", None)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        _print_table(res)
+        if args.panel:
+            print(f"wrote {args.panel}")
+    return 0

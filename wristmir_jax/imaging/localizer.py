@@ -1,0 +1,393 @@
+"""The bone localizer: a small Flax (Linen) conv net that finds the distal radius, distal ulna and
+ulnar styloid in a canonical (right-wrist, square, padded) radiograph.
+
+Head: centre heatmaps, one channel per region, on a stride-4 grid (CenterNet-style; a centre
+head keeps the small ulnar styloid box sharp where a pooled regression head blurs it), plus,
+per cell and region, a sub-cell centre offset and the log box size. Each image holds at most one
+of each bone, so decoding takes the heatmap's peak per region; its sigmoid is the confidence.
+Loss: penalty-reduced focal loss on the heatmaps (Gaussian targets whose width follows the box
+size), L1 on offset and log size at the true centre cell, and a GIoU term on the decoded box.
+
+Everything here is pure: `apply`, `localizer_loss` and `decode` are jittable functions of arrays;
+`Localizer` wraps trained parameters for batched, jitted inference on original images and maps
+boxes back to original pixels through `preprocess.Geometry`. Weights are saved as safetensors
+(no pickle) next to a JSON config and the crop prior (`BoxPrior`) learned from training boxes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from functools import partial
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wristmir_jax.errors import UserError
+from wristmir_jax.schema import NUM_REGIONS, REGIONS
+
+CONFIG_FILE = "localizer_config.json"
+PARAMS_FILE = "localizer_params.safetensors"
+PRIOR_FILE = "box_prior.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalizerConfig:
+    image_size: int = 256
+    widths: tuple[int, ...] = (24, 48, 96, 128)      # stride 4, 8, 16, 32
+    head_width: int = 48                              # top-down path (strides 32 -> 8)
+    fine_width: int = 24                              # stride-4 refinement and heads
+    clip: tuple[float, float] = (0.5, 99.5)           # percentile normalisation before `prepare`
+    version: int = 1
+
+    stride: int = 4
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["widths"], d["clip"] = list(self.widths), list(self.clip)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LocalizerConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        if "widths" in d:
+            d["widths"] = tuple(int(t) for t in d["widths"])
+        if "clip" in d:
+            d["clip"] = tuple(float(t) for t in d["clip"])
+        return cls(**d)
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.stride
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+class ConvNormAct(nn.Module):
+    features: int
+    strides: int = 1
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(self.features, (3, 3), strides=self.strides, padding="SAME", use_bias=False)(x)
+        x = nn.GroupNorm(num_groups=max(1, min(8, self.features // 8)))(x)
+        return nn.relu(x)
+
+
+def _up2(x):
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+class BoneLocalizer(nn.Module):
+    """[B, S, S, 1] in [0, 1] -> (heat logits [B, S/4, S/4, 3], reg [B, S/4, S/4, 3, 4]).
+
+    A 4x4 patch stem (cheap on CPU: no full-resolution feature maps), conv stages at strides
+    8/16/32 for context, a top-down path back to stride 8, and a narrow stride-4 refinement that
+    keeps small boxes (the ulnar styloid) sharp.
+    """
+
+    widths: tuple[int, ...]
+    head_width: int
+    fine_width: int
+
+    @nn.compact
+    def __call__(self, x):
+        x = x * 2.0 - 1.0
+        w4, w8, w16, w32 = self.widths
+        c4 = nn.Conv(w4, (4, 4), strides=4, padding="VALID")(x)
+        c4 = ConvNormAct(w4)(nn.relu(c4))
+        c8 = ConvNormAct(w8)(ConvNormAct(w8, 2)(c4))
+        c16 = ConvNormAct(w16)(ConvNormAct(w16, 2)(c8))
+        c32 = ConvNormAct(w32)(ConvNormAct(w32, 2)(c16))
+        hw, fw = self.head_width, self.fine_width
+        # Top-down path: global context (which bone is which) brought down to stride 8, then 4.
+        p = nn.Conv(hw, (1, 1))(c32)
+        p = ConvNormAct(hw)(_up2(p) + nn.Conv(hw, (1, 1))(c16))
+        p = ConvNormAct(hw)(_up2(p) + nn.Conv(hw, (1, 1))(c8))
+        h = ConvNormAct(fw)(_up2(nn.Conv(fw, (1, 1))(p)) + nn.Conv(fw, (1, 1))(c4))
+        # Focal-loss prior: start at ~1% foreground so the loss is stable from step 0.
+        heat = nn.Conv(NUM_REGIONS, (1, 1), bias_init=nn.initializers.constant(-math.log(99.0)))(h)
+        reg = nn.Conv(NUM_REGIONS * 4, (1, 1), kernel_init=nn.initializers.normal(0.01))(h)
+        b, g = reg.shape[0], reg.shape[1]
+        return heat, reg.reshape(b, g, g, NUM_REGIONS, 4)
+
+
+def _model(cfg: LocalizerConfig) -> BoneLocalizer:
+    if len(cfg.widths) != 4 or cfg.stride != 4 or cfg.image_size % 32:
+        raise UserError(f"localizer config: need 4 widths, stride 4 and an image size divisible by "
+                        f"32 (got {list(cfg.widths)}, {cfg.stride}, {cfg.image_size})")
+    return BoneLocalizer(widths=tuple(cfg.widths), head_width=cfg.head_width,
+                         fine_width=cfg.fine_width)
+
+
+def init_params(cfg: LocalizerConfig, seed: int = 0):
+    x = jnp.zeros((1, cfg.image_size, cfg.image_size, 1), jnp.float32)
+    return _model(cfg).init(jax.random.PRNGKey(seed), x)["params"]
+
+
+def apply(cfg: LocalizerConfig, params, images):
+    """images f32[B, S, S] (or [B, S, S, 1]) -> (heat logits [B, G, G, 3], reg [B, G, G, 3, 4])."""
+    if images.ndim == 3:
+        images = images[..., None]
+    return _model(cfg).apply({"params": params}, images)
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets, loss, decoding (all in prepared-image pixels; boxes [B, 3, 4] x0, y0, x1, y1)
+# ---------------------------------------------------------------------------------------------
+def _centre_cells(boxes, stride: int, grid: int):
+    c = (boxes[..., :2] + boxes[..., 2:]) / 2.0 / stride          # [B, 3, 2] (x, y) in cells
+    ci = jnp.clip(jnp.floor(c), 0, grid - 1)
+    return c, ci
+
+
+def heatmap_targets(boxes, has_box, stride: int, grid: int):
+    """Gaussian centre targets f32[B, G, G, 3]: exactly 1 at the centre cell, sigma ~ box size."""
+
+    _, ci = _centre_cells(boxes, stride, grid)
+    wh = (boxes[..., 2:] - boxes[..., :2]) / stride
+    sigma = jnp.maximum(jnp.sqrt(jnp.maximum(wh[..., 0] * wh[..., 1], 1e-6)) / 6.0, 0.6)  # [B, 3]
+    g = jnp.arange(grid, dtype=jnp.float32)
+    dx = g[None, None, :] - ci[..., 0, None]                       # [B, 3, G]
+    dy = g[None, None, :] - ci[..., 1, None]
+    d2 = dy[..., :, None] ** 2 + dx[..., None, :] ** 2             # [B, 3, G, G]
+    heat = jnp.exp(-d2 / (2.0 * sigma[..., None, None] ** 2)) * has_box[..., None, None]
+    return jnp.transpose(heat, (0, 2, 3, 1))
+
+
+def _gather_cells(reg, ci, grid: int):
+    """reg [B, G, G, 3, 4] at each region's cell ci [B, 3, 2] -> [B, 3, 4]."""
+    b = reg.shape[0]
+    flat = reg.reshape(b, grid * grid, NUM_REGIONS, 4)
+    idx = (ci[..., 1] * grid + ci[..., 0]).astype(jnp.int32)       # [B, 3]
+    picked = jnp.take_along_axis(flat, idx[:, None, :, None], axis=1)  # [B, 1, 3, 4]
+    return picked[:, 0]
+
+
+def _boxes_from_reg(cells, reg_at, stride: int):
+    centre = (cells + jax.nn.sigmoid(reg_at[..., :2])) * stride
+    size = jnp.exp(jnp.clip(reg_at[..., 2:], -4.0, 6.0)) * stride
+    return jnp.concatenate([centre - size / 2, centre + size / 2], axis=-1)
+
+
+def giou(a, b):
+    """Generalised IoU of boxes [..., 4] (x0, y0, x1, y1)."""
+    area_a = jnp.maximum(a[..., 2] - a[..., 0], 0) * jnp.maximum(a[..., 3] - a[..., 1], 0)
+    area_b = jnp.maximum(b[..., 2] - b[..., 0], 0) * jnp.maximum(b[..., 3] - b[..., 1], 0)
+    iw = jnp.maximum(jnp.minimum(a[..., 2], b[..., 2]) - jnp.maximum(a[..., 0], b[..., 0]), 0)
+    ih = jnp.maximum(jnp.minimum(a[..., 3], b[..., 3]) - jnp.maximum(a[..., 1], b[..., 1]), 0)
+    inter = iw * ih
+    union = area_a + area_b - inter
+    iou = inter / jnp.maximum(union, 1e-6)
+    cw = jnp.maximum(a[..., 2], b[..., 2]) - jnp.minimum(a[..., 0], b[..., 0])
+    ch = jnp.maximum(a[..., 3], b[..., 3]) - jnp.minimum(a[..., 1], b[..., 1])
+    hull = jnp.maximum(cw * ch, 1e-6)
+    return iou - (hull - union) / hull
+
+
+# The ulnar styloid box is small: a pixel of centre error costs it far more IoU than the radius,
+# so its box terms count double.
+REGION_BOX_WEIGHTS = (1.0, 1.0, 2.0)
+
+
+def localizer_loss(cfg: LocalizerConfig, params, images, boxes, has_box, weights=(1.0, 1.0, 1.0, 2.0)):
+    """(scalar, aux) for images f32[B,S,S], boxes f32[B,3,4] (prepared px), has_box f32[B,3]."""
+
+    heat_logits, reg = apply(cfg, params, images)
+    stride, grid = cfg.stride, cfg.grid
+    target = heatmap_targets(boxes, has_box, stride, grid)
+    pos = (target >= 1.0).astype(jnp.float32)
+    p = jax.nn.sigmoid(heat_logits)
+    pos_term = pos * (1 - p) ** 2 * jax.nn.log_sigmoid(heat_logits)
+    neg_term = (1 - pos) * (1 - target) ** 4 * p ** 2 * jax.nn.log_sigmoid(-heat_logits)
+    n_pos = jnp.maximum(pos.sum(), 1.0)
+    focal = -(pos_term.sum() + neg_term.sum()) / n_pos
+
+    c, ci = _centre_cells(boxes, stride, grid)
+    reg_at = _gather_cells(reg, ci, grid)
+    wbox = has_box * jnp.asarray(REGION_BOX_WEIGHTS, jnp.float32)
+    n_box = jnp.maximum(wbox.sum(), 1.0)
+    wh = jnp.maximum((boxes[..., 2:] - boxes[..., :2]) / stride, 1e-3)
+    off_l1 = (jnp.abs(jax.nn.sigmoid(reg_at[..., :2]) - (c - ci)).sum(-1) * wbox).sum() / n_box
+    size_l1 = (jnp.abs(reg_at[..., 2:] - jnp.log(wh)).sum(-1) * wbox).sum() / n_box
+    pred = _boxes_from_reg(ci, reg_at, stride)
+    giou_l = ((1.0 - giou(pred, boxes)) * wbox).sum() / n_box
+    wf, wo, ws, wg = weights
+    total = wf * focal + wo * off_l1 + ws * size_l1 + wg * giou_l
+    return total, {"focal": focal, "offset_l1": off_l1, "size_l1": size_l1, "giou": giou_l}
+
+
+def decode(cfg: LocalizerConfig, heat_logits, reg):
+    """-> boxes f32[B, 3, 4] in prepared pixels (clipped to the square), scores f32[B, 3]."""
+
+    b, grid = heat_logits.shape[0], cfg.grid
+    flat = heat_logits.reshape(b, grid * grid, NUM_REGIONS)
+    idx = jnp.argmax(flat, axis=1)                                   # [B, 3]
+    scores = jax.nn.sigmoid(jnp.take_along_axis(flat, idx[:, None, :], axis=1)[:, 0])
+    ci = jnp.stack([idx % grid, idx // grid], axis=-1).astype(jnp.float32)
+    boxes = _boxes_from_reg(ci, _gather_cells(reg, ci, grid), cfg.stride)
+    return jnp.clip(boxes, 0.0, float(cfg.image_size)), scores
+
+
+def predict_prepared(cfg: LocalizerConfig, params, images):
+    """Jittable: prepared images f32[B, S, S] -> (boxes [B, 3, 4] prepared px, scores [B, 3])."""
+    return decode(cfg, *apply(cfg, params, images))
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving and loading (safetensors + JSON; never pickle)
+# ---------------------------------------------------------------------------------------------
+def _flatten(params) -> dict[str, np.ndarray]:
+    from flax import traverse_util
+
+    flat = traverse_util.flatten_dict(params, sep="/")
+    return {k: np.asarray(v, np.float32) for k, v in flat.items()}
+
+
+def params_sha256(params) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(_flatten(params).items()):
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(v).tobytes())
+    return h.hexdigest()
+
+
+def save_localizer(workdir: str, cfg: LocalizerConfig, params, prior=None) -> None:
+    from safetensors.numpy import save
+
+    from wristmir_jax.utils.fs import atomic_write
+
+    os.makedirs(workdir, exist_ok=True)
+    with atomic_write(os.path.join(workdir, PARAMS_FILE), "wb") as f:
+        f.write(save(_flatten(params), metadata={"format": "wristmir-localizer"}))
+    with atomic_write(os.path.join(workdir, CONFIG_FILE)) as f:
+        json.dump(cfg.to_dict(), f, indent=1, sort_keys=True)
+    if prior is not None:
+        prior.save(os.path.join(workdir, PRIOR_FILE))
+
+
+def load_localizer(workdir: str):
+    """-> (cfg, params, prior or None); UserError when the workdir holds no trained localizer."""
+    from flax import traverse_util
+    from safetensors.numpy import load_file
+
+    from wristmir_jax.imaging.crops import BoxPrior
+
+    cpath, ppath = os.path.join(workdir, CONFIG_FILE), os.path.join(workdir, PARAMS_FILE)
+    if not (os.path.exists(cpath) and os.path.exists(ppath)):
+        raise UserError(f"no trained localizer here (expected {CONFIG_FILE} and {PARAMS_FILE}; "
+                        "run `wristmir localize train` first)", path=workdir)
+    try:
+        with open(cpath, encoding="utf-8") as f:
+            cfg = LocalizerConfig.from_dict(json.load(f))
+        flat = load_file(ppath)
+    except Exception as e:
+        raise UserError(f"cannot read the localizer ({str(e)[:160]})", path=workdir) from None
+    params = traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()}, sep="/")
+    expected = init_shapes(cfg)
+    got = {k: tuple(v.shape) for k, v in flat.items()}
+    if got != expected:
+        raise UserError("localizer weights do not match its config (different architecture)",
+                        path=ppath)
+    prior_path = os.path.join(workdir, PRIOR_FILE)
+    prior = BoxPrior.load(prior_path) if os.path.exists(prior_path) else None
+    return cfg, params, prior
+
+
+def init_shapes(cfg: LocalizerConfig) -> dict[str, tuple[int, ...]]:
+    from flax import traverse_util
+
+    shapes = jax.eval_shape(lambda: init_params(cfg))
+    return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(shapes, sep="/").items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference on original images
+# ---------------------------------------------------------------------------------------------
+def prepare_for_localizer(img: np.ndarray, laterality: str | None, cfg: LocalizerConfig):
+    """Original image -> (canonical f32[S, S], Geometry), as in training."""
+    from wristmir_jax.imaging.preprocess import normalize, prepare
+
+    return prepare(normalize(img, clip=tuple(cfg.clip)), laterality, cfg.image_size)
+
+
+class Localizer:
+    """Trained parameters + config; batched, jitted inference with a fixed batch shape."""
+
+    def __init__(self, cfg: LocalizerConfig, params, prior=None, batch_size: int = 32):
+        self.cfg, self.params, self.prior, self.batch_size = cfg, params, prior, batch_size
+        self._fn = jax.jit(partial(predict_prepared, cfg))
+
+    @classmethod
+    def load(cls, workdir: str, batch_size: int = 32) -> "Localizer":
+        cfg, params, prior = load_localizer(workdir)
+        return cls(cfg, params, prior, batch_size)
+
+    def predict_prepared(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """f32[N, S, S] -> (boxes f32[N, 3, 4] prepared px, scores f32[N, 3]), any N."""
+        n = len(images)
+        boxes = np.zeros((n, NUM_REGIONS, 4), np.float32)
+        scores = np.zeros((n, NUM_REGIONS), np.float32)
+        bs, s = self.batch_size, self.cfg.image_size
+        for start in range(0, n, bs):
+            chunk = np.asarray(images[start:start + bs], np.float32)
+            m = len(chunk)
+            if m < bs:  # pad to the compiled shape
+                chunk = np.concatenate([chunk, np.zeros((bs - m, s, s), np.float32)])
+            b, sc = self._fn(self.params, chunk)
+            boxes[start:start + m] = np.asarray(b)[:m]
+            scores[start:start + m] = np.asarray(sc)[:m]
+        return boxes, scores
+
+    def predict(self, images: Sequence[np.ndarray], lateralities: Sequence[str | None]
+                ) -> list[dict[str, Any]]:
+        """Original images (any size) -> [{"boxes": {region: box}, "scores": {region: s}}].
+
+        Boxes are in original pixels. An image of unknown laterality is tried both ways and the
+        orientation with the higher mean confidence wins (the model only knows right wrists).
+        """
+        prepared, geos, owner = [], [], []
+        for i, (img, lat) in enumerate(zip(images, lateralities)):
+            options = [lat] if lat is not None else ["right", "left"]
+            for o in options:
+                x, geo = prepare_for_localizer(img, o, self.cfg)
+                prepared.append(x)
+                geos.append(geo)
+                owner.append(i)
+        if not prepared:
+            return []
+        boxes, scores = self.predict_prepared(np.stack(prepared))
+        best: dict[int, int] = {}
+        for j, i in enumerate(owner):
+            if i not in best or scores[j].mean() > scores[best[i]].mean():
+                best[i] = j
+        out = []
+        for i in range(len(images)):
+            j = best[i]
+            out.append(result_record(boxes[j], scores[j], geos[j]))
+        return out
+
+
+def result_record(boxes_prepared: np.ndarray, scores: np.ndarray, geo) -> dict[str, Any]:
+    """One image's prepared-frame prediction -> {"boxes", "scores"} in original pixels."""
+    res: dict[str, Any] = {"boxes": {}, "scores": {}}
+    for r, name in enumerate(REGIONS):
+        x0, y0, x1, y1 = geo.box_to_original([float(t) for t in boxes_prepared[r]])
+        x0, x1 = max(0.0, x0), min(float(geo.orig_w), x1)
+        y0, y1 = max(0.0, y0), min(float(geo.orig_h), y1)
+        if x1 <= x0 or y1 <= y0:  # a degenerate box in the padding: report it as not found
+            res["boxes"][name] = None
+            res["scores"][name] = 0.0
+            continue
+        res["boxes"][name] = [round(v, 2) for v in (x0, y0, x1, y1)]
+        res["scores"][name] = round(float(scores[r]), 4)
+    return res

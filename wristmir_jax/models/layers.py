@@ -1,0 +1,210 @@
+"""Transformer building blocks shared by the ViT and the BERT-style text tower: a linear layer with
+logical axis names, multi-head attention, the MLP, one block (pre-LN as in ViT or post-LN as in
+BERT) and a depth-`n` stack with per-block rematerialisation and `nn.scan` switches.
+
+Parameters are fp32 (`param_dtype`); `dtype` is the compute dtype. Attention logits and softmax
+are always computed in fp32. Every parameter is created with `nn.with_logical_partitioning`, so
+`init` yields boxed values whose names the model unboxes into a logical-axes pytree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+NEG_INF = -1e9  # additive attention bias for padded keys (finite: fully padded rows stay NaN-free)
+
+
+def logical(init, names: Sequence[str | None]):
+    """Initializer carrying logical axis names (one per parameter dimension)."""
+    return nn.with_logical_partitioning(init, tuple(names))
+
+
+def fan_in_init(n_in_dims: int, n_out_dims: int, scale: float = 1.0, mode: str = "fan_avg",
+                distribution: str = "uniform"):
+    """Variance-scaling init for a kernel whose first `n_in_dims` dims are contracted."""
+    in_axis = tuple(range(n_in_dims))
+    out_axis = tuple(range(n_in_dims, n_in_dims + n_out_dims))
+    return jax.nn.initializers.variance_scaling(scale, mode, distribution, in_axis=in_axis,
+                                                out_axis=out_axis)
+
+
+class Linear(nn.Module):
+    """y = x . kernel + bias, contracting the last `len(in_names)` dims of x.
+
+    `features` is the output shape (a tuple for multi-head projections); `in_names`/`out_names`
+    are the logical names of the contracted and produced dims.
+    """
+
+    features: tuple[int, ...]
+    in_names: tuple[str | None, ...]
+    out_names: tuple[str | None, ...]
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+    kernel_init: Any = None
+    bias_init: Any = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x):
+        n_in = len(self.in_names)
+        in_shape = x.shape[x.ndim - n_in:]
+        init = self.kernel_init or fan_in_init(n_in, len(self.features))
+        kernel = self.param("kernel", logical(init, self.in_names + self.out_names),
+                            tuple(in_shape) + tuple(self.features), jnp.float32)
+        x = x.astype(self.dtype)
+        lhs = "".join(chr(ord("a") + i) for i in range(x.ndim))
+        contracted = lhs[x.ndim - n_in:]
+        outs = "".join(chr(ord("A") + i) for i in range(len(self.features)))
+        y = jnp.einsum(f"{lhs},{contracted}{outs}->{lhs[:x.ndim - n_in]}{outs}", x,
+                       kernel.astype(self.dtype))
+        if self.use_bias:
+            bias = self.param("bias", logical(self.bias_init, self.out_names),
+                              tuple(self.features), jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+def layer_norm(eps: float, dtype: Dtype, name: str, axis_name: str = "embed") -> nn.LayerNorm:
+    # Two-pass variance (use_fast_variance=False) to match PyTorch's LayerNorm in fp32.
+    return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32, use_fast_variance=False,
+                        scale_init=logical(nn.initializers.ones, (axis_name,)),
+                        bias_init=logical(nn.initializers.zeros, (axis_name,)), name=name)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+    """Static description of one transformer block."""
+
+    width: int
+    heads: int
+    mlp_dim: int
+    layer_norm_eps: float = 1e-6
+    post_ln: bool = False  # True: BERT (x = LN(x + f(x))); False: ViT (x = x + f(LN(x)))
+    dropout: float = 0.0
+    dtype: Dtype = jnp.float32
+    deterministic: bool = True
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention; q/k/v kernels [embed, heads, kv], output kernel [heads, kv, embed]."""
+
+    width: int
+    heads: int
+    dtype: Dtype = jnp.float32
+    dropout: float = 0.0
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x_q, x_kv, bias=None):
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        head_dim = self.width // self.heads
+        proj = dict(features=(self.heads, head_dim), in_names=("embed",),
+                    out_names=("heads", "kv"), dtype=self.dtype)
+        q = Linear(name="query", **proj)(x_q)
+        k = Linear(name="key", **proj)(x_kv)
+        v = Linear(name="value", **proj)(x_kv)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        logits = logits / math.sqrt(head_dim)
+        if bias is not None:
+            logits = logits + bias
+        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+        if self.dropout > 0.0 and not self.deterministic:
+            weights = nn.Dropout(self.dropout, deterministic=False)(weights)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), v)
+        return Linear(features=(self.width,), in_names=("heads", "kv"), out_names=("embed",),
+                      dtype=self.dtype, name="out")(out)
+
+
+class Mlp(nn.Module):
+    width: int
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+    dropout: float = 0.0
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        h = Linear(features=(self.mlp_dim,), in_names=("embed",), out_names=("mlp",),
+                   dtype=self.dtype, name="fc1")(x)
+        h = nn.gelu(h, approximate=False)  # exact erf GELU, as BERT and HF ViT ("gelu")
+        if self.dropout > 0.0 and not self.deterministic:
+            h = nn.Dropout(self.dropout, deterministic=False)(h)
+        return Linear(features=(self.width,), in_names=("mlp",), out_names=("embed",),
+                      dtype=self.dtype, name="fc2")(h)
+
+
+class Block(nn.Module):
+    """One transformer block. Call signature `(x, bias) -> (x, None)` so it scans directly."""
+
+    spec: BlockSpec
+
+    @nn.compact
+    def __call__(self, x, bias):
+        s = self.spec
+        drop = (lambda h: nn.Dropout(s.dropout, deterministic=False)(h)) \
+            if (s.dropout > 0.0 and not s.deterministic) else (lambda h: h)
+        attn = MultiHeadAttention(s.width, s.heads, s.dtype, s.dropout, s.deterministic, name="attn")
+        mlp = Mlp(s.width, s.mlp_dim, s.dtype, s.dropout, s.deterministic, name="mlp")
+        ln_attn = layer_norm(s.layer_norm_eps, s.dtype, "ln_attn")
+        ln_mlp = layer_norm(s.layer_norm_eps, s.dtype, "ln_mlp")
+        if s.post_ln:
+            x = ln_attn(x + drop(attn(x, x, bias)))
+            x = ln_mlp(x + drop(mlp(x)))
+        else:
+            h = ln_attn(x)
+            x = x + drop(attn(h, h, bias))
+            x = x + drop(mlp(ln_mlp(x)))
+        return x.astype(s.dtype), None
+
+
+class Encoder(nn.Module):
+    """`depth` blocks. Plain: params `layers_0 .. layers_{n-1}`; scan: one `layers` subtree whose
+    leaves carry a leading stacked axis named "layers" (see params.stack_layers)."""
+
+    spec: BlockSpec
+    depth: int
+    remat: bool = False
+    scan: bool = False
+
+    @nn.compact
+    def __call__(self, x, bias=None):
+        block = Block
+        if self.remat:
+            block = nn.remat(Block, prevent_cse=not self.scan)
+        if self.scan:
+            stack = nn.scan(block, variable_axes={"params": 0},
+                            split_rngs={"params": True, "dropout": True},
+                            in_axes=nn.broadcast, length=self.depth,
+                            metadata_params={nn.PARTITION_NAME: "layers"})
+            x, _ = stack(self.spec, name="layers")(x, bias)
+        else:
+            for i in range(self.depth):
+                x, _ = block(self.spec, name=f"layers_{i}")(x, bias)
+        return x
+
+
+class MapHead(nn.Module):
+    """Multihead attention pooling (a learned probe attends over the tokens), as in SigLIP."""
+
+    width: int
+    heads: int
+    mlp_dim: int
+    layer_norm_eps: float = 1e-6
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        probe = self.param("probe", logical(nn.initializers.xavier_uniform(), (None, "embed")),
+                           (1, self.width), jnp.float32)
+        q = jnp.broadcast_to(probe.astype(self.dtype)[None], (x.shape[0], 1, self.width))
+        y = MultiHeadAttention(self.width, self.heads, self.dtype, name="attn")(q, x)
+        h = layer_norm(self.layer_norm_eps, self.dtype, "ln")(y)
+        y = y + Mlp(self.width, self.mlp_dim, self.dtype, name="mlp")(h)
+        return y[:, 0]

@@ -1,0 +1,102 @@
+"""Small ResNet image tower with GroupNorm (no batch statistics, so apply stays a pure function
+of params and inputs), global average pooling and an optional learned region embedding added to
+the pooled feature (zero init) for the shared bone-crop tower.
+
+Input: f32[B,H,W,C] in [0,1], normalised inside. Output: (pooled [B,widths[-1]], feature map).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from wristmir_jax.models.layers import Dtype, logical
+
+
+@dataclasses.dataclass(frozen=True)
+class ResNetSpec:
+    stages: tuple[int, ...] = (1, 1, 1, 1)  # basic blocks per stage
+    widths: tuple[int, ...] = (32, 64, 128, 256)
+    stem_stride: int = 1  # 1: 3x3 conv; 2: 7x7/2 conv; 4: 7x7/2 conv + 3x3/2 max-pool
+    groups: int = 8  # GroupNorm groups (reduced to a divisor of the channel count)
+    channels: int = 1
+    pixel_mean: float = 0.5
+    pixel_std: float = 0.5
+    num_regions: int = 0
+    dtype: Dtype = jnp.float32
+    remat: bool = False
+    deterministic: bool = True
+
+    @property
+    def out_width(self) -> int:
+        return self.widths[-1]
+
+
+def _conv(features, kernel, stride, dtype, name):
+    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
+                   use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+                   kernel_init=logical(nn.initializers.he_normal(),
+                                       (None, None, "conv_in", "conv_out")), name=name)
+
+
+def _norm(ch, groups, dtype, name, zero=False):
+    g = groups
+    while ch % g:
+        g -= 1
+    return nn.GroupNorm(num_groups=g, dtype=dtype, param_dtype=jnp.float32,
+                        scale_init=logical(nn.initializers.zeros if zero else nn.initializers.ones,
+                                           ("conv_out",)),
+                        bias_init=logical(nn.initializers.zeros, ("conv_out",)), name=name)
+
+
+class BasicBlock(nn.Module):
+    features: int
+    stride: int
+    groups: int
+    dtype: Dtype
+
+    @nn.compact
+    def __call__(self, x):
+        y = _conv(self.features, 3, self.stride, self.dtype, "conv1")(x)
+        y = nn.relu(_norm(self.features, self.groups, self.dtype, "norm1")(y))
+        y = _conv(self.features, 3, 1, self.dtype, "conv2")(y)
+        y = _norm(self.features, self.groups, self.dtype, "norm2", zero=True)(y)
+        if x.shape[-1] != self.features or self.stride != 1:
+            x = _conv(self.features, 1, self.stride, self.dtype, "proj")(x)
+            x = _norm(self.features, self.groups, self.dtype, "proj_norm")(x)
+        return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+    spec: ResNetSpec
+
+    @nn.compact
+    def __call__(self, x, region_ids=None):
+        s = self.spec
+        if x.shape[-1] != s.channels:
+            raise ValueError(f"ResNet expects {s.channels} channel(s), got {tuple(x.shape)}")
+        x = ((x.astype(jnp.float32) - s.pixel_mean) / s.pixel_std).astype(s.dtype)
+        if s.stem_stride == 1:
+            x = _conv(s.widths[0], 3, 1, s.dtype, "stem")(x)
+        elif s.stem_stride in (2, 4):
+            x = _conv(s.widths[0], 7, 2, s.dtype, "stem")(x)
+        else:
+            raise ValueError(f"resnet stem_stride must be 1, 2 or 4, got {s.stem_stride}")
+        x = nn.relu(_norm(s.widths[0], s.groups, s.dtype, "stem_norm")(x))
+        if s.stem_stride == 4:
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+        block = nn.remat(BasicBlock) if s.remat else BasicBlock
+        for i, (n, w) in enumerate(zip(s.stages, s.widths)):
+            for j in range(n):
+                x = block(w, 2 if (i > 0 and j == 0) else 1, s.groups, s.dtype,
+                          name=f"stage{i}_block{j}")(x)
+        pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        if s.num_regions:
+            if region_ids is None:
+                raise ValueError("this tower has a region embedding: pass region_ids")
+            reg = self.param("region_embed", logical(nn.initializers.zeros, ("region", "conv_out")),
+                             (s.num_regions, s.out_width), jnp.float32)
+            pooled = pooled + reg[region_ids]
+        return pooled.astype(s.dtype), x

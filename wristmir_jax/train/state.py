@@ -1,0 +1,106 @@
+"""The train state and its shardings: model + optimizer from config, sharded initialisation
+(params are created directly in their NamedShardings, never gathered on one device), and the
+abstract state used to restore checkpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from wristmir_jax import schema
+from wristmir_jax.train import optim, sharding
+from wristmir_jax.train.mesh import BATCH_AXES
+
+
+def dummy_batch(model_cfg: ml_collections.ConfigDict, batch_size: int = 2) -> dict:
+    """Zeros with the shapes and dtypes of BUILD_NOTES "Batch" for `model_cfg` (init only)."""
+    s = int(model_cfg.image.image_size)
+    c = int(model_cfg.local.crop_size)
+    L = int(model_cfg.text.max_len)
+    b, r = int(batch_size), schema.NUM_REGIONS
+    f32, i32 = np.float32, np.int32
+    return {"image": np.zeros((b, s, s, 1), f32), "crops": np.zeros((b, r, c, c, 1), f32),
+            "crop_mask": np.ones((b, r), f32), "global_tokens": np.zeros((b, L), i32),
+            "global_mask": np.ones((b, L), i32), "region_tokens": np.zeros((b, r, L), i32),
+            "region_mask": np.ones((b, r, L), i32), "record": np.zeros((b, schema.RECORD_LEN), i32),
+            "global_caption_id": np.arange(b, dtype=i32),
+            "region_caption_id": np.arange(b * r, dtype=i32).reshape(b, r)}
+
+
+def build_model(cfg: ml_collections.ConfigDict):
+    from wristmir_jax import models
+
+    return models.build(cfg.model, int(cfg.model.text.vocab_size))
+
+
+def _abstract_params(model, model_cfg, rng) -> tuple[Any, Any]:
+    """(ShapeDtypeStructs of params, logical axes) without allocating anything."""
+    batch = dummy_batch(model_cfg)
+    if hasattr(model, "init_params") and hasattr(model, "logical_axes"):
+        return jax.eval_shape(model.init_params, rng, batch), model.logical_axes(batch)
+    holder = {}
+
+    def init(key):
+        params, axes = model.init(key, batch)
+        holder["axes"] = axes
+        return params
+
+    shapes = jax.eval_shape(init, rng)
+    return shapes, holder["axes"]
+
+
+def _state_from(params, opt_state, rng) -> dict:
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state,
+            "rng": rng, "nonfinite_run": jnp.zeros((), jnp.int32),
+            "nonfinite_total": jnp.zeros((), jnp.int32)}
+
+
+def base_rng(seed: int) -> jax.Array:
+    return jax.random.PRNGKey(int(seed))
+
+
+def create_train_state(cfg: ml_collections.ConfigDict, model: Any, mesh: Mesh):
+    """Returns (state, state_shardings, tx, lr_schedule, trainable_mask, logical_axes).
+
+    Params and optimizer state are initialised by jitted functions whose outputs are placed
+    by the rules table, so every process computes the same values for its shards."""
+    rng = base_rng(cfg.seed)
+    init_key, state_key = jax.random.split(rng)
+    abstract, axes = _abstract_params(model, cfg.model, init_key)
+    p_shard = sharding.param_shardings(abstract, axes, mesh, cfg.get("sharding_rules"))
+    batch = dummy_batch(cfg.model)
+    init_fn = model.init_params if hasattr(model, "init_params") else (lambda k, b: model.init(k, b)[0])
+    params = jax.jit(init_fn, out_shardings=p_shard)(init_key, batch)
+    tx, sched = optim.make_optimizer(cfg.optim, abstract, int(cfg.train.steps))
+    opt_abstract = jax.eval_shape(tx.init, abstract)
+    o_shard = sharding.follow_params(opt_abstract, abstract, p_shard, mesh)
+    opt_state = jax.jit(tx.init, out_shardings=o_shard)(params)
+    rep = NamedSharding(mesh, P())
+    state = _state_from(params, opt_state, jax.device_put(state_key, rep))
+    state = {k: (v if k in ("params", "opt_state") else jax.device_put(v, rep)) for k, v in state.items()}
+    shardings = {"step": rep, "params": p_shard, "opt_state": o_shard, "rng": rep,
+                 "nonfinite_run": rep, "nonfinite_total": rep}
+    trainable = optim.trainable_mask(cfg.optim, abstract)
+    return state, shardings, tx, sched, trainable, axes
+
+
+def abstract_train_state(cfg: ml_collections.ConfigDict):
+    """(model, abstract state) for restoring a checkpoint without initialising anything."""
+    model = build_model(cfg)
+    rng = base_rng(cfg.seed)
+    init_key, state_key = jax.random.split(rng)
+    abstract, _ = _abstract_params(model, cfg.model, init_key)
+    tx, _ = optim.make_optimizer(cfg.optim, abstract, int(cfg.train.steps))
+    opt_abstract = jax.eval_shape(tx.init, abstract)
+    state = jax.eval_shape(lambda p, o, k: _state_from(p, o, k), abstract, opt_abstract, state_key)
+    return model, state
+
+
+def batch_shardings(batch: dict, mesh: Mesh) -> dict:
+    return {k: NamedSharding(mesh, P(BATCH_AXES, *([None] * (np.ndim(v) - 1))))
+            for k, v in batch.items()}
