@@ -30,10 +30,10 @@ def get_config(arg=None):
     c.train.keep = 2
     c.train.keep_best = 1
     if arg == "quick":
-        c.train.steps = 100
+        c.train.steps = 60
         c.optim.warmup_steps = 10
-        c.train.eval_every = 50
-        c.train.checkpoint_every = 50
+        c.train.eval_every = 30
+        c.train.checkpoint_every = 30
     elif arg not in (None, ""):
         raise ValueError(f"unknown cpu_demo variant {arg!r} (use 'quick' or nothing)")
     return c

@@ -3,7 +3,8 @@
 synth -> mine -> localize (train + predict) -> build -> train -> embed (database + queries)
 -> evaluate -> report.md. Each stage runs as its own `wristmir` subprocess (the same commands a
 user would type), writes into DIR, and leaves a marker `DIR/.stages/<stage>.json` holding its
-arguments; a rerun skips every stage whose marker matches, so an interrupted demo resumes.
+arguments; a rerun skips every stage whose marker matches, so an interrupted demo resumes (see
+`run` for what is redone when an argument changed).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -20,8 +22,16 @@ from wristmir_jax.errors import UserError
 from wristmir_jax.utils.fs import atomic_write
 
 # Sizes: the full demo targets ~25 min on 2 CPU cores, --quick ~5 min.
-FULL = dict(n=2000, image_size=512, localizer_steps=1500, train_config="cpu_demo", train_overrides=())
-QUICK = dict(n=400, image_size=512, localizer_steps=400, train_config="cpu_demo:quick", train_overrides=())
+# The bone crops come from the original 512 px image, so 64 px crops keep the fracture detail while
+# the 128 px global image (like a thumbnail) does not: the point of the region stage.
+FULL = dict(n=2000, image_size=512, localizer_steps=1000, localizer_batch=16, data_image_size=128,
+            data_crop_size=64, train_config="cpu_demo", train_overrides=())
+QUICK = dict(n=400, image_size=512, localizer_steps=200, localizer_batch=16, data_image_size=128,
+             data_crop_size=64, train_config="cpu_demo:quick", train_overrides=())
+
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                          "configs")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="rerun every stage")
 
 
-def _stage_plan(out: str, sizes: dict, seed: int, config_dir: str) -> list[tuple[str, list[str]]]:
+def _stage_plan(out: str, sizes: dict, seed: int, config_dir: str) -> list[tuple[str, list[str], list[str]]]:
+    """(stage, wristmir argv, the paths the stage writes: removed before it reruns from scratch)."""
     synth = os.path.join(out, "synth")
     manifest = os.path.join(synth, "manifest.jsonl")
     mined = os.path.join(out, "mined.jsonl")
@@ -43,69 +54,89 @@ def _stage_plan(out: str, sizes: dict, seed: int, config_dir: str) -> list[tuple
     cfg_arg = cfg + (":" + sizes["train_config"].split(":")[1] if ":" in sizes["train_config"] else "")
     return [
         ("synth", ["synth", "--out", synth, "--n", str(sizes["n"]), "--seed", str(seed),
-                   "--image-size", str(sizes["image_size"]), "--overwrite"]),
-        ("mine", ["mine", "--manifest", manifest, "--out", mined]),
+                   "--image-size", str(sizes["image_size"]), "--overwrite"], [synth]),
+        ("mine", ["mine", "--manifest", manifest, "--out", mined], [mined]),
         ("localize-train", ["localize", "train", "--manifest", manifest,
                             "--boxes", os.path.join(synth, "gold.jsonl"), "--workdir", loc,
-                            "--steps", str(sizes["localizer_steps"])]),
+                            "--steps", str(sizes["localizer_steps"]),
+                            "--batch-size", str(sizes["localizer_batch"])], [loc]),
         ("localize-predict", ["localize", "predict", "--manifest", manifest, "--workdir", loc,
-                              "--out", boxes]),
+                              "--out", boxes], [boxes]),
         ("localize-eval", ["localize", "eval", "--manifest", manifest,
                            "--boxes", os.path.join(synth, "gold.jsonl"), "--pred", boxes,
-                           "--split", "test", "--out", os.path.join(out, "localizer_eval.json")]),
+                           "--split", "test", "--out", os.path.join(out, "localizer_eval.json")],
+         [os.path.join(out, "localizer_eval.json")]),
         ("build", ["build", "--manifest", manifest, "--mined", mined, "--boxes", boxes,
-                   "--out", data, "--overwrite"]),
+                   "--out", data, "--image-size", str(sizes["data_image_size"]),
+                   "--crop-size", str(sizes["data_crop_size"]), "--overwrite"], [data]),
         ("train", ["train", "--config", cfg_arg, "--workdir", work,
-                   f"--config.data.dir={data}", *sizes["train_overrides"]]),
+                   f"--config.data.dir={data}", *sizes["train_overrides"]], [work]),
         ("embed-train", ["embed", "--workdir", work, "--data", data, "--split", "train",
-                         "--out", os.path.join(out, "index_train")]),
+                         "--out", os.path.join(out, "index_train")], [os.path.join(out, "index_train")]),
         ("embed-test", ["embed", "--workdir", work, "--data", data, "--split", "test",
-                        "--out", os.path.join(out, "index_test")]),
+                        "--out", os.path.join(out, "index_test")], [os.path.join(out, "index_test")]),
         ("evaluate", ["evaluate", "--index", os.path.join(out, "index_test"),
                       "--train-index", os.path.join(out, "index_train"), "--queries", "test",
-                      "--out", os.path.join(out, "eval", "metrics.json")]),
+                      "--out", os.path.join(out, "eval", "metrics.json")], [os.path.join(out, "eval")]),
     ]
 
 
-def _marker(out: str, stage: str) -> str:
-    return os.path.join(out, ".stages", f"{stage}.json")
+def _marker(out: str, stage: str, suffix: str = "") -> str:
+    return os.path.join(out, ".stages", f"{stage}{suffix}.json")
 
 
-def _done(out: str, stage: str, argv: list[str]) -> bool:
+def _matches(path: str, argv: list[str]) -> bool:
     try:
-        with open(_marker(out, stage)) as f:
+        with open(path) as f:
             return json.load(f).get("argv") == argv
     except (OSError, ValueError):
         return False
 
 
+def _remove(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
 def run(args: argparse.Namespace) -> int:
+    """Runs the plan. A stage is skipped when its marker holds the same argv and nothing before it
+    ran in this invocation. A stage that was started with the same argv but not finished (an
+    interrupted run) is run again over its partial output, so training resumes from its last
+    checkpoint; any other stage that runs starts from scratch (its outputs are removed first)."""
     out = os.path.abspath(args.out)
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError("exists and is not a directory", path=out)
     os.makedirs(os.path.join(out, ".stages"), exist_ok=True)
     sizes = QUICK if args.quick else FULL
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    config_dir = os.path.join(root, "configs")
-    plan = _stage_plan(out, sizes, args.seed, config_dir)
+    plan = _stage_plan(out, sizes, args.seed, CONFIG_DIR)
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     t_all = time.time()
-    timings = {}
-    for i, (stage, argv) in enumerate(plan, start=1):
+    upstream_ran = bool(args.force)
+    for i, (stage, argv, outputs) in enumerate(plan, start=1):
         head = f"[{i}/{len(plan) + 1}] {stage}"
-        if not args.force and _done(out, stage, argv):
+        if not upstream_ran and _matches(_marker(out, stage), argv):
             print(f"{head}: done earlier, skipped", flush=True)
             continue
-        print(f"{head}: wristmir {' '.join(shlex.quote(a) for a in argv)}", flush=True)
+        resume = not upstream_ran and _matches(_marker(out, stage, ".started"), argv)
+        upstream_ran = True
+        _remove(_marker(out, stage))
+        if not resume:
+            for path in outputs:
+                _remove(path)
+        with atomic_write(_marker(out, stage, ".started")) as f:
+            json.dump({"argv": argv}, f)
+        print(f"{head}: {'resuming ' if resume else ''}wristmir {' '.join(shlex.quote(a) for a in argv)}",
+              flush=True)
         t0 = time.time()
         log_path = os.path.join(out, "logs", f"{stage}.log")
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        with open(log_path, "w") as log:
+        with open(log_path, "a" if resume else "w") as log:
             proc = subprocess.run([sys.executable, "-m", "wristmir_jax", *argv], stdout=log,
                                   stderr=subprocess.STDOUT, env=env)
         dt = time.time() - t0
-        timings[stage] = round(dt, 1)
         if proc.returncode != 0:
             tail = _tail(log_path, 15)
             print(tail, file=sys.stderr)
@@ -117,18 +148,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"[{len(plan) + 1}/{len(plan) + 1}] report", flush=True)
     from wristmir_jax.eval.demo_report import write_report
 
-    report = write_report(out, quick=args.quick, stage_seconds=_all_timings(out))
+    report = write_report(out, quick=args.quick, stage_seconds=_all_timings(out, [p[0] for p in plan]))
     print(f"demo finished in {time.time() - t_all:.0f}s; report: {report}")
     return 0
 
 
-def _all_timings(out: str) -> dict:
+def _all_timings(out: str, stages: list[str]) -> dict:
+    """Seconds per stage from the markers (in plan order), including stages of earlier runs."""
     res = {}
-    stages = os.path.join(out, ".stages")
-    for name in sorted(os.listdir(stages)):
+    for stage in stages:
         try:
-            with open(os.path.join(stages, name)) as f:
-                res[name[:-5]] = round(json.load(f).get("seconds", 0.0), 1)
+            with open(_marker(out, stage)) as f:
+                res[stage] = round(json.load(f).get("seconds", 0.0), 1)
         except (OSError, ValueError):
             continue
     return res

@@ -14,11 +14,12 @@ LossFn = Callable[..., tuple]
 _REGISTRY: dict[str, LossFn] = {}
 
 
-def register(name: str) -> Callable[[LossFn], LossFn]:
-    """Decorator: registers `fn` under `name`. Registering a taken name is an error."""
+def register(name: str, replace: bool = False) -> Callable[[LossFn], LossFn]:
+    """Decorator: registers `fn` under `name`. Registering a taken name is an error unless
+    `replace=True` (for notebooks, where a cell defining a term is run again)."""
 
     def deco(fn: LossFn) -> LossFn:
-        if name in _REGISTRY and _REGISTRY[name] is not fn:
+        if name in _REGISTRY and _REGISTRY[name] is not fn and not replace:
             raise ValueError(f"loss term {name!r} is already registered")
         _REGISTRY[name] = fn
         return fn

@@ -27,7 +27,7 @@ from wristmir_jax.train.mesh import data_parallel_size, make_mesh, replicated
 from wristmir_jax.train.metrics_log import MetricsLogger
 from wristmir_jax.train.state import batch_shardings, build_model, create_train_state
 from wristmir_jax.train.step import make_eval_step, make_train_step
-from wristmir_jax.utils.fs import atomic_write
+from wristmir_jax.utils.fs import atomic_write, read_json_or_none
 from wristmir_jax.utils.log import get_logger
 
 log = get_logger("wristmir.train")
@@ -90,14 +90,6 @@ def _write_json(path: str, obj: Any) -> None:
         json.dump(obj, f, indent=2, sort_keys=True, default=float)
 
 
-def _read_json(path: str) -> dict | None:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def _host(x: Any) -> np.ndarray:
     """A replicated jax.Array's value (works when other processes hold other devices)."""
     if isinstance(x, jax.Array):
@@ -158,7 +150,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         state = ckpt.restore(manager, latest, ckpt.abstract_like(state, shardings), train_it)
         log.info("resumed from step %d", latest)
     start = int(_host(state["step"]))
-    best = _read_json(os.path.join(workdir, "best.json")) or {}
+    best = read_json_or_none(os.path.join(workdir, "best.json")) or {}
 
     # --- compile -----------------------------------------------------------------------------
     next_host = next(train_it) if start < total else None

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
-from typing import IO, Iterator
+from typing import Any, IO, Iterator
 
 from wristmir_jax.errors import UserError
 
@@ -72,3 +73,12 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
                 break
             h.update(b)
     return h.hexdigest()
+
+
+def read_json_or_none(path: str | os.PathLike) -> Any:
+    """The JSON in `path`, or None when it is missing or not valid JSON (optional outputs)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
