@@ -26,7 +26,7 @@ demo-quick: $(STAMP)
 	$(VENV)/bin/wristmir demo --out $(DEMO_OUT)_quick --quick
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -29,11 +29,17 @@ def get_config(arg=None):
     c.train.checkpoint_every = 50
     c.train.keep = 2
     c.train.keep_best = 1
-    if arg == "quick":
+    variants = set((arg or "").split(",")) - {""}
+    unknown = variants - {"quick", "vit"}
+    if unknown:
+        raise ValueError(f"unknown cpu_demo variant(s) {sorted(unknown)} (use quick and/or vit)")
+    if "vit" in variants:
+        from wristmir_jax.models.presets import model_config
+
+        c.model = model_config("cpu_demo_vit")
+    if "quick" in variants:
         c.train.steps = 60
         c.optim.warmup_steps = 10
         c.train.eval_every = 30
         c.train.checkpoint_every = 30
-    elif arg not in (None, ""):
-        raise ValueError(f"unknown cpu_demo variant {arg!r} (use 'quick' or nothing)")
     return c

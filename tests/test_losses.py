@@ -136,6 +136,22 @@ def ref_soft(sets, temperature=0.1):
     return 0.5 * (i2t + t2i) / max(count, 1)
 
 
+def ref_supcon(sets, threshold=0.75, temperature=0.1):
+    total, count = 0.0, 0
+    for s in sets:
+        V = [j for j in range(len(s["img"])) if s["valid"][j]]
+        for i in V:
+            others = [k for k in V if k != i]
+            pos = [j for j in others if s["cid"][i] == s["cid"][j] or s["rel"][i, j] >= threshold]
+            if not pos:
+                continue
+            logit = lambda j: float(np.dot(s["img"][i], s["img"][j])) / temperature  # noqa: E731
+            z = lse([logit(k) for k in others])
+            total += -sum(logit(j) - z for j in pos) / len(pos)
+            count += 1
+    return total / max(count, 1)
+
+
 def ref_rank(sets, relevance_gap=0.25, margin=0.1):
     total, count = 0.0, 0
     for s in sets:
@@ -186,6 +202,8 @@ REFERENCES = {
     "local_rank": lambda e, b, p: ref_rank(ref_sets(e, b, "local"), p["relevance_gap"],
                                            p["margin"]),
     "anatomy_soft": lambda e, b, p: ref_anatomy(ref_sets(e, b, "local"), p["temperature"]),
+    "global_supcon": lambda e, b, p: ref_supcon(ref_sets(e, b, "global"), p["threshold"], p["temperature"]),
+    "local_supcon": lambda e, b, p: ref_supcon(ref_sets(e, b, "local"), p["threshold"], p["temperature"]),
 }
 PARAMS = {
     "global_multipos": {"threshold": 0.75}, "local_multipos": {"threshold": 0.6},
@@ -193,6 +211,7 @@ PARAMS = {
     "global_rank": {"relevance_gap": 0.25, "margin": 0.3, "chunk": 3},
     "local_rank": {"relevance_gap": 0.4, "margin": 0.2, "chunk": 4},
     "anatomy_soft": {"temperature": 0.25},
+    "global_supcon": {"threshold": 0.6, "temperature": 0.2}, "local_supcon": {"threshold": 0.75, "temperature": 0.1},
 }
 GLOBAL_FIELDS = ("global_img", "global_txt", "global_scale", "global_bias")
 LOCAL_FIELDS = ("region_img", "region_txt", "local_scale", "local_bias")

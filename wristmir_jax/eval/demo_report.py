@@ -142,14 +142,16 @@ def _inputs_md(out: str, stage_seconds: dict) -> list[str]:
 
 def pick_panel_queries(records: np.ndarray, ids: np.ndarray) -> dict[str, int]:
     """One query per bone: the first item (by id) with a definite fracture of that bone only,
-    else of that bone among others. Deterministic."""
+    else of that bone among others, preferring items not already chosen for another bone.
+    Deterministic."""
     labels = fracture_labels(records, uncertain_as_positive=False)
     order = np.argsort(ids)
     chosen: dict[str, int] = {}
     for r_i, r in enumerate(REGIONS):
-        only = [i for i in order if labels[i, r_i] and labels[i].sum() == 1 and i not in chosen.values()]
-        anyr = [i for i in order if labels[i, r_i] and i not in chosen.values()]
-        pick = (only or anyr or [None])[0]
+        fresh = [i for i in order if labels[i, r_i] and i not in chosen.values()]
+        only = [i for i in fresh if labels[i].sum() == 1]
+        reused = [i for i in order if labels[i, r_i]]  # a small set: one image may serve two bones
+        pick = (only or fresh or reused or [None])[0]
         if pick is not None:
             chosen[r] = int(pick)
     return chosen

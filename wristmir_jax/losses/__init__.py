@@ -10,6 +10,8 @@ of identical captions and missing crops):
   global_soft, local_soft                  soft-target InfoNCE           temperature=0.1
   global_rank, local_rank                  relevance-ranking triplets    relevance_gap=0.25,
                                                                          margin=0.1, chunk=32
+  global_supcon, local_supcon              image-image supervised contrastive, positives from
+                                           report relevance    threshold=0.75, temperature=0.1
   anatomy_soft                             anatomy-conditioned soft InfoNCE over all bones
   {global,local}_{clip,siglip,multipos}_ring   the same values and gradients computed blockwise
                                            over the mesh's data axis    mesh=None, axis="data"

@@ -8,6 +8,7 @@ How identical captions in one batch are handled (caption ids equal, i != j):
   soft, anatomy_soft      treated as positive: relevance set to 1, the same target as the true pair
   rank                    effective relevance 1 to each other's anchor; two candidates with
                           identical captions are never compared with each other
+  supcon (image-image)    positives of each other
 Missing crops (local terms, crop_mask 0) are removed from rows and columns: they are neither
 queries nor candidates. Normalisation: every loss is a mean over valid queries (pooled over the
 three bones for local terms), and the symmetric terms average image->text and text->image.
@@ -150,6 +151,28 @@ def anatomy_pairs(p: Pairs, temperature: float = 0.1):
                           both & same_group[None], flat.valid)
 
 
+def supcon_pairs(p: Pairs, threshold: float = 0.75, temperature: float = 0.1):
+    """Report-supervised contrastive loss between images (SupCon, Khosla et al. 2020, with
+    RadIR's report-derived positives). For each valid image i the positives are the other valid
+    images whose relevance to i is >= threshold or whose caption is identical; the loss is
+    -mean over positives of log softmax over all other valid images of cos / temperature, averaged
+    over images that have a positive. Texts are not involved: the term shapes the image space by
+    the mined findings directly, which is what kNN retrieval reads."""
+    if temperature <= 0:
+        raise ValueError("supcon: temperature must be > 0")
+    eye, both, same = pair_masks(p)
+    rel = require_relevance(p, "supcon")
+    others = both & ~eye
+    pos = others & (same | (rel >= threshold))
+    logits = jnp.einsum("gnd,gmd->gnm", p.img, p.img) / temperature
+    logp = logits - jax.nn.logsumexp(jnp.where(others, logits, NEG), axis=2, keepdims=True)
+    npos = jnp.sum(pos.astype(jnp.float32), axis=2)
+    per_anchor = -jnp.sum(jnp.where(pos, logp, 0.0), axis=2) / jnp.maximum(npos, 1.0)
+    anchors = (npos > 0) & p.valid
+    loss = jnp.sum(jnp.where(anchors, per_anchor, 0.0)) / _count(anchors)
+    return loss, {"anchors": jnp.sum(anchors.astype(jnp.float32))}
+
+
 def _term(kind_fn, view: str, **defaults):
     def fn(emb, batch, cfg=None):
         kwargs = {k: param(cfg, k, v) for k, v in defaults.items()}
@@ -166,4 +189,5 @@ for _view in ("global", "local"):
     register(f"{_view}_multipos")(_term(multipos_pairs, _view, threshold=0.75))
     register(f"{_view}_soft")(_term(soft_pairs, _view, temperature=0.1))
     register(f"{_view}_rank")(_term(rank_pairs, _view, relevance_gap=0.25, margin=0.1, chunk=32))
+    register(f"{_view}_supcon")(_term(supcon_pairs, _view, threshold=0.75, temperature=0.1))
 register("anatomy_soft")(_term(anatomy_pairs, "local", temperature=0.1))
