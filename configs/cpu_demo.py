@@ -1,7 +1,9 @@
 """The demo: global + local encoders (small GroupNorm ResNets, 2-layer text tower) on the built
-synthetic dataset (~1400 training images), about 8 minutes on 2 CPU cores.
+synthetic dataset (~1400 training images, 128 px images, 64 px crops), about 7 minutes on 2 CPU
+cores.
 
-`configs/cpu_demo.py:quick` is the demo's --quick variant (fewer steps).
+Variants (comma-separated): `configs/cpu_demo.py:quick` is the demo's --quick run (60 steps);
+`:vit` swaps in the ViT towers of the `cpu_demo_vit` preset (e.g. `:vit,quick`).
 `--config.data.source=synthetic` trains on in-memory synthetic data instead of DATA_DIR.
 """
 

@@ -15,7 +15,7 @@ SECTIONS = ("seed", "data", "model", "loss", "optim", "train", "mesh", "sharding
 
 
 @pytest.mark.parametrize("spec", ["configs/tiny.py", "configs/cpu_demo.py", "configs/cpu_demo.py:quick",
-                                  "configs/vit_b16_pod.py", "configs/vit_b16_pod.py:gpu8",
+                                  "configs/cpu_demo.py:vit,quick", "configs/vit_b16_pod.py", "configs/vit_b16_pod.py:gpu8",
                                   "configs/vit_b16_pod.py:small"])
 def test_configs_load_with_all_sections(spec):
     c = load_config(os.path.join(ROOT, spec))
@@ -25,6 +25,15 @@ def test_configs_load_with_all_sections(spec):
               "max_consecutive_nonfinite"):
         assert f in c.train
     assert c.data.global_batch_size % max(c.train.grad_accum, 1) == 0
+
+
+def test_cpu_demo_variants():
+    quick_vit = load_config(os.path.join(ROOT, "configs/cpu_demo.py:vit,quick"))
+    full = load_config(os.path.join(ROOT, "configs/cpu_demo.py"))
+    assert quick_vit.model.image.name == "vit" and full.model.image.name == "resnet"
+    assert quick_vit.train.steps < full.train.steps
+    with pytest.raises(Exception, match="unknown cpu_demo variant"):
+        load_config(os.path.join(ROOT, "configs/cpu_demo.py:fast"))
 
 
 def test_overrides_reach_every_section():

@@ -185,19 +185,19 @@ def write_panels(out: str, k: int = PANEL_K) -> list[tuple[str, str, int, int]]:
             rows.append((method, s[0], idx[0], hits))
         query = {"title": f"query {ta.ids[qpos]}", "image": store.get(str(ta.images[qpos])),
                  "boxes": ta.boxes[qpos].tolist(), "text": findings_text(ta.records[qpos], region)}
-        tiles = []
+        per_method = []
         for method, s, idx, hits in rows:
             name = "two-stage" if method == "two_stage" else "global-only"
-            for rank, (sc, j) in enumerate(zip(s.tolist(), idx.tolist()), start=1):
-                if j < 0:
-                    continue
-                tiles.append({"title": f"{name} #{rank} ({sc:.3f})"
-                              + (" FX" if labels[j, r_i] else ""),
-                              "image": store.get(str(da.images[j])),
-                              "boxes": [None if not np.all(np.isfinite(b)) else b for b in da.boxes[j].tolist()],
-                              "text": findings_text(da.records[j], region)})
-        # Lay out: query + two-stage top-k on row one, a blank + global-only top-k on row two.
-        grid = tiles[:k] + [{"title": "", "image": None, "placeholder": "global-only ->", "text": ""}] + tiles[k:]
+            tiles = [{"title": f"{name} #{rank} ({sc:.3f})" + (" FX" if labels[j, r_i] else ""),
+                      "image": store.get(str(da.images[j])),
+                      "boxes": [None if not np.all(np.isfinite(b)) else b for b in da.boxes[j].tolist()],
+                      "text": findings_text(da.records[j], region)}
+                     for rank, (sc, j) in enumerate(zip(s.tolist(), idx.tolist()), start=1) if j >= 0]
+            blank = {"title": "", "image": None, "placeholder": "", "text": ""}
+            per_method.append(tiles + [blank] * (k - len(tiles)))
+        # Row one: the query and the two-stage top k; row two: a label tile and the global-only top k.
+        grid = per_method[0] + [{"title": "", "image": None, "placeholder": "global-only ->",
+                                 "text": ""}] + per_method[1]
         path = os.path.join(out, "panels", f"{region}.png")
         draw_panel(path, query, grid, region=region, columns=k + 1)
         written.append((region, path, rows[0][3], rows[1][3]))
