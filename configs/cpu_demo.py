@@ -2,7 +2,7 @@
 synthetic dataset (~1400 training images, 128 px images, 64 px crops), about 7 minutes on 2 CPU
 cores.
 
-Variants (comma-separated): `configs/cpu_demo.py:quick` is the demo's --quick run (60 steps);
+Variants (comma-separated): `configs/cpu_demo.py:quick` is the demo's --quick run (40 steps);
 `:vit` swaps in the ViT towers of the `cpu_demo_vit` preset (e.g. `:vit,quick`).
 `--config.data.source=synthetic` trains on in-memory synthetic data instead of DATA_DIR.
 """
@@ -40,8 +40,8 @@ def get_config(arg=None):
 
         c.model = model_config("cpu_demo_vit")
     if "quick" in variants:
-        c.train.steps = 60
+        c.train.steps = 40
         c.optim.warmup_steps = 10
-        c.train.eval_every = 30
-        c.train.checkpoint_every = 30
+        c.train.eval_every = 20
+        c.train.checkpoint_every = 20
     return c

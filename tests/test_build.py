@@ -121,6 +121,50 @@ def test_training_examples_and_pipeline_over_built_data(built):
     assert b["region_tokens"].shape == (2, 3, MAX_LEN) and b["id"].dtype.kind == "U"
 
 
+_ORPHAN_SCRIPT = """
+import glob, sys, time
+from wristmir_jax.data.pipeline import make_pipeline
+it = make_pipeline(sys.argv[1], "train", global_batch_size=2, seed=0, worker_count=1,
+                   process_index=0, process_count=1)
+next(it)
+kids = set()
+for f in glob.glob("/proc/self/task/*/children"):
+    kids |= {int(x) for x in open(f).read().split()}
+print(" ".join(map(str, sorted(kids))), flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+def test_worker_processes_exit_when_the_trainer_is_killed(built):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _, data_dir = built
+    proc = subprocess.Popen([sys.executable, "-c", _ORPHAN_SCRIPT, data_dir], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        kids = [int(x) for x in proc.stdout.readline().split()]
+        assert kids and all(_alive(k) for k in kids)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(_alive(k) for k in kids):
+        time.sleep(0.5)
+    assert not any(_alive(k) for k in kids), f"orphaned worker processes {kids}"
+
+
 @pytest.mark.slow
 def test_worker_processes_give_the_same_batches_and_resume_exactly(built):
     """2 worker processes reading the ArrayRecord shards give the in-process stream; stopped

@@ -26,7 +26,7 @@ from wristmir_jax.utils.fs import atomic_write
 # the 128 px global image (like a thumbnail) does not: the point of the region stage.
 FULL = dict(n=2000, image_size=512, localizer_steps=1000, localizer_batch=16, data_image_size=128,
             data_crop_size=64, train_config="cpu_demo", train_overrides=())
-QUICK = dict(n=400, image_size=512, localizer_steps=200, localizer_batch=16, data_image_size=128,
+QUICK = dict(n=400, image_size=512, localizer_steps=120, localizer_batch=16, data_image_size=128,
              data_crop_size=64, train_config="cpu_demo:quick", train_overrides=())
 
 

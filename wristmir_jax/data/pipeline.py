@@ -25,6 +25,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import threading
+import time
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -42,9 +44,24 @@ def _mark_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
+def _exit_with_parent() -> None:
+    """Grain's worker processes outlive a trainer that is killed (a SIGKILLed run left a worker
+    with 7.7 GB resident, using CPU, for hours): watch the parent and leave when it is gone."""
+    parent = os.getppid()
+
+    def watch():
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _worker_init(worker_index: int, worker_count: int) -> None:
     del worker_index, worker_count
     _mark_flags_parsed()
+    _exit_with_parent()
 
 
 def stack_batch(examples: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
