@@ -63,38 +63,32 @@ def write_qrels(path: str, qids, docids, gains: np.ndarray) -> int:
     return n
 
 
-def read_run(path: str) -> dict[str, dict[str, float]]:
-    """{qid: {docid: score}} (the dict form pytrec_eval and ranx take)."""
-    out: dict[str, dict[str, float]] = {}
+def _read_trec(path: str, fields: int, kind: str, value_col: int, cast, what: str) -> dict:
+    """{qid: {docid: cast(column value_col)}} from a whitespace-separated TREC file."""
+    out: dict = {}
     with open(path, encoding="utf-8") as f:
         for ln, line in enumerate(f, 1):
             parts = line.split()
             if not parts:
                 continue
-            if len(parts) != 6:
-                raise UserError(f"expected 6 fields in a TREC run line, got {len(parts)}", path=path, line=ln)
+            if len(parts) != fields:
+                raise UserError(f"expected {fields} fields in a TREC {kind} line, got {len(parts)}",
+                                path=path, line=ln)
             try:
-                out.setdefault(parts[0], {})[parts[2]] = float(parts[4])
+                out.setdefault(parts[0], {})[parts[2]] = cast(parts[value_col])
             except ValueError:
-                raise UserError("score is not a number", path=path, line=ln) from None
+                raise UserError(what, path=path, line=ln) from None
     return out
+
+
+def read_run(path: str) -> dict[str, dict[str, float]]:
+    """{qid: {docid: score}} (the dict form pytrec_eval and ranx take)."""
+    return _read_trec(path, 6, "run", 4, float, "score is not a number")
 
 
 def read_qrels(path: str) -> dict[str, dict[str, int]]:
     """{qid: {docid: gain}}."""
-    out: dict[str, dict[str, int]] = {}
-    with open(path, encoding="utf-8") as f:
-        for ln, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 4:
-                raise UserError(f"expected 4 fields in a TREC qrels line, got {len(parts)}", path=path, line=ln)
-            try:
-                out.setdefault(parts[0], {})[parts[2]] = int(parts[3])
-            except ValueError:
-                raise UserError("relevance is not an integer", path=path, line=ln) from None
-    return out
+    return _read_trec(path, 4, "qrels", 3, int, "relevance is not an integer")
 
 
 def export(out_dir: str, name: str, qids, docids, ranked, scores, gains) -> dict[str, str]:
