@@ -54,7 +54,9 @@ def test_scann_recall_and_roundtrip(tmp_path):
     rng = np.random.default_rng(2)
     db = _clustered(rng, 4000, 32, centers=40)
     q = _clustered(rng, 100, 32, centers=40)
-    p = coarse.params_for_size(4000, 32)
+    # ScaNN's build is not deterministic; with the size rule's 24 of 80 leaves recall on this small
+    # clustered set varied 0.83-0.97 between builds, so search half the leaves here.
+    p = coarse.params_for_size(4000, 32, {"leaves_to_search": 40})
     searcher, _ = coarse.build_scann(db, p)
     coarse.save_scann(searcher, str(tmp_path / "sc"))
     loaded = coarse.load_scann(str(tmp_path / "sc"))
