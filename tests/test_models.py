@@ -231,6 +231,30 @@ def test_resnet_tower_shapes():
     np.testing.assert_allclose(np.asarray(pooled), np.asarray(fmap.mean((1, 2))), atol=1e-6)
 
 
+def test_resnet_pooling_choices_and_per_image_normalisation():
+    x = np.random.default_rng(1).random((3, 32, 32, 1), dtype=np.float32)
+    base = dict(stages=(1, 1), widths=(8, 16), stem_stride=2, groups=4)
+    _, (mx, fmap) = _init_apply(ResNet(ResNetSpec(pool="max", **base)), x)
+    np.testing.assert_allclose(np.asarray(mx), np.asarray(fmap).max((1, 2)), atol=1e-6)
+    gem = ResNet(ResNetSpec(pool="gem", **base))
+    v = gem.init(jax.random.PRNGKey(0), x)
+    assert float(nn.unbox(v["params"]["gem_p"])) == 3.0
+    pooled, f = gem.apply(v, x)
+    f = np.maximum(np.asarray(f, np.float64), 1e-6)
+    np.testing.assert_allclose(np.asarray(pooled), np.mean(f ** 3, (1, 2)) ** (1 / 3), rtol=1e-4)
+    # per-image standardisation: the tower no longer sees exposure (gain and offset) changes
+    net = ResNet(ResNetSpec(pool="max", input_norm="per_image", **base))
+    v = net.init(jax.random.PRNGKey(0), x)
+    a, _ = net.apply(v, x)
+    b, _ = net.apply(v, 0.6 * x + 0.25)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-2, atol=1e-3)
+    fixed = ResNet(ResNetSpec(pool="max", **base))
+    vf = fixed.init(jax.random.PRNGKey(0), x)
+    assert np.abs(np.asarray(fixed.apply(vf, x)[0]) - np.asarray(fixed.apply(vf, 0.6 * x + 0.25)[0])).max() > 1e-2
+    with pytest.raises(ValueError, match="pool"):
+        ResNet(ResNetSpec(pool="mean", **base)).init(jax.random.PRNGKey(0), x)
+
+
 @pytest.mark.parametrize("pool", ["cls", "mean"])
 def test_text_tower_shapes_and_pooling(pool):
     spec = TextSpec(vocab_size=50, width=16, depth=2, heads=2, mlp_dim=32, max_len=10, pool=pool)

@@ -1,6 +1,7 @@
 """Localizer throughput: jitted batched inference on canonical 256 px images (the issue's target
-is >= 50 images/s on 2 CPU cores), the whole predict path from a decoded original image, and
-one training step. Weights are freshly initialised: speed does not depend on their values.
+is >= 50 images/s on 2 CPU cores), the whole predict path from a decoded original image (with
+and without the second-stage refiner of the ulnar styloid), the refiner alone on patches, and
+one training step of each. Weights are freshly initialised: speed does not depend on their values.
 
 Ratios (`inference_vs_target`) are measured inside this one run; nothing here asserts time.
 CPU seconds are reported beside wall seconds because the dev machine is shared.
@@ -32,6 +33,9 @@ def run(quick: bool = False) -> dict:
     from wristmir_jax.imaging.localizer import (Localizer, LocalizerConfig, init_params,
                                                 predict_prepared)
     from wristmir_jax.imaging.localizer_train import make_optimizer, make_train_step
+    from wristmir_jax.imaging.refiner import Refiner, RefinerConfig
+    from wristmir_jax.imaging.refiner import init_params as refiner_init
+    from wristmir_jax.imaging.refiner_train import make_train_step as refiner_train_step
 
     size = 256
     batch = 32
@@ -50,6 +54,19 @@ def run(quick: bool = False) -> dict:
     loc = Localizer(cfg, params, batch_size=batch)
     t_e2e, _ = _timeit(lambda: loc.predict(originals, ["left"] * batch), max(1, repeats // 2))
 
+    # The refiner: jitted batches of 64 x 64 patches, and the predict path with it.
+    rcfg = RefinerConfig()
+    rparams = refiner_init(rcfg, 0)
+    refiner = Refiner(rcfg, rparams, batch_size=64)
+    p = rcfg.patch_size
+    patches = rng.random((64, p, p), dtype=np.float32)
+    region = np.zeros((64,), np.int32)
+    s1 = np.tile(np.array([100, 100, 126, 136], np.float32), (64, 1))
+    sq = np.tile(np.array([59, 64, 108], np.float32), (64, 1))
+    t_ref, cpu_ref = _timeit(lambda: refiner.refine_patches(patches, region, s1, sq), repeats)
+    loc_ref = Localizer(cfg, params, batch_size=batch, refiner=refiner)
+    t_e2e_ref, _ = _timeit(lambda: loc_ref.predict(originals, ["left"] * batch), max(1, repeats // 2))
+
     # One training step (batch 32): how many steps fit in the 10-minute training budget.
     tx = make_optimizer(3e-3, 1000)
     step = make_train_step(cfg, tx)
@@ -66,6 +83,20 @@ def run(quick: bool = False) -> dict:
         jax.block_until_ready(loss)
 
     t_step, cpu_step = _timeit(train_once, max(1, repeats // 2))
+
+    # One refiner training step (batch 32, the `localize train` default).
+    rtx = make_optimizer(3e-3, 800)
+    rstep = refiner_train_step(rcfg, rtx)
+    rstate = {"p": refiner_init(rcfg, 1)}
+    rstate["o"] = rtx.init(rstate["p"])
+    rx = patches[:32]
+    rgold = np.tile(np.array([21, 21, 43, 43], np.float32), (32, 1))
+
+    def refiner_train_once():
+        rstate["p"], rstate["o"], loss, _ = rstep(rstate["p"], rstate["o"], rx, region[:32], rgold, key)
+        jax.block_until_ready(loss)
+
+    t_rstep, cpu_rstep = _timeit(refiner_train_once, max(1, repeats // 2))
     return {
         "image_size": size, "batch_size": batch,
         "inference_images_per_s": round(ips, 1),
@@ -76,6 +107,11 @@ def run(quick: bool = False) -> dict:
         "load_average_1min": round(os.getloadavg()[0], 2),
         "target_images_per_s": TARGET_IMAGES_PER_S,
         "end_to_end_images_per_s_from_512px": round(batch / t_e2e, 1),
+        "end_to_end_images_per_s_from_512px_with_refiner": round(batch / t_e2e_ref, 1),
+        "refiner_patches_per_s_batch64": round(64 / t_ref, 1),
+        "refiner_patches_per_cpu_s": round(64 / cpu_ref, 1),
+        "refiner_train_step_s_batch32": round(t_rstep, 4),
+        "refiner_train_step_cpu_s_batch32": round(cpu_rstep, 4),
         "train_step_s_batch32": round(t_step, 3),
         "train_steps_in_10_min": int(600 / t_step),
         "train_step_cpu_s_batch32": round(cpu_step, 3),

@@ -63,7 +63,12 @@ def run(quick: bool = False) -> dict:
     state, shardings, tx, sched, trainable, _ = create_train_state(cfg, model, mesh)
     src, _ = _sources(cfg)
     it = SourceBatches(src, cfg.data.global_batch_size, seed=0)
-    batches = [to_global(next(it), mesh) for _ in range(2)]
+    attach = lambda b: b  # noqa: E731
+    if model.text_frozen:  # as in the trainer: the frozen text tower's features come cached
+        from wristmir_jax.models.text_cache import TextFeatureCache
+
+        attach = TextFeatureCache(model, state["params"]).attach
+    batches = [to_global(attach(next(it)), mesh) for _ in range(2)]
     b_shard = batch_shardings(batches[0], mesh)
     fn = jax.jit(make_train_step(model, objective, tx, sched, trainable=trainable),
                  in_shardings=(shardings, b_shard), out_shardings=(shardings, replicated(mesh)),

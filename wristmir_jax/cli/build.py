@@ -15,8 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--boxes", required=True, help="boxes.jsonl (bone boxes, original pixels)")
     p.add_argument("--out", required=True, help="output dataset folder (DATA_DIR)")
     p.add_argument("--tokenizer", default=None,
-                   help="a local transformers tokenizer folder (default: build a word-piece "
-                        "vocabulary from the training captions)")
+                   help="a local transformers tokenizer folder, or 'minilm' for the packaged "
+                        "all-MiniLM-L6-v2 one (default: build a word-piece vocabulary from the "
+                        "training captions)")
     p.add_argument("--image-size", type=int, default=256, help="side of the canonical image")
     p.add_argument("--crop-size", type=int, default=128, help="side of each bone crop")
     p.add_argument("--max-len", type=int, default=32, help="caption length in tokens")

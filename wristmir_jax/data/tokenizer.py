@@ -45,10 +45,13 @@ def build_wordpiece(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size
 
 
 def load_pretrained(path: str | os.PathLike):
-    """A transformers tokenizer from a local folder (never downloads)."""
+    """A transformers tokenizer from a local folder (never downloads); "minilm" is the
+    all-MiniLM-L6-v2 tokenizer of the packaged checkpoint."""
     from transformers import AutoTokenizer
 
-    path = os.fspath(path)
+    from wristmir_jax.models.hf_import import resolve_folder
+
+    path = resolve_folder(os.fspath(path))
     if not os.path.isdir(path):
         raise UserError("tokenizer folder not found", path=path)
     try:

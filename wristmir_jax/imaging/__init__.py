@@ -8,4 +8,7 @@ Modules (import what you need; only `localizer*` import JAX/Flax):
   boxes        read_manifest, read_boxes (gold/boxes JSON lines, COCO JSON, YOLO txt), box_iou
   localizer    LocalizerConfig, Localizer (batched jitted inference), save/load
   localizer_train  load_prepared, train_localizer, box_metrics
+  refiner      RefinerConfig, Refiner: second stage for small boxes (the ulnar styloid) on
+               original-resolution patches, with fallback to the first-stage box
+  refiner_train    WindowCollector, RefineSet, jitter_boxes, train_refiner, refine_on_windows
 """

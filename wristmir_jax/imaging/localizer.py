@@ -12,6 +12,9 @@ Everything here is pure: `apply`, `localizer_loss` and `decode` are jittable fun
 `Localizer` wraps trained parameters for batched, jitted inference on original images and maps
 boxes back to original pixels through `preprocess.Geometry`. Weights are saved as safetensors
 (no pickle) next to a JSON config and the crop prior (`BoxPrior`) learned from training boxes.
+A second stage (`refiner.py`, trained by `localize train` unless `--no-refine`) re-estimates small
+boxes (by default the ulnar styloid) on an original-resolution patch; `Localizer.load` picks it
+up when the workdir has one, and workdirs without it predict with the first stage alone.
 """
 
 from __future__ import annotations
@@ -321,16 +324,30 @@ def prepare_for_localizer(img: np.ndarray, laterality: str | None, cfg: Localize
 
 
 class Localizer:
-    """Trained parameters + config; batched, jitted inference with a fixed batch shape."""
+    """Trained parameters + config; batched, jitted inference with a fixed batch shape.
 
-    def __init__(self, cfg: LocalizerConfig, params, prior=None, batch_size: int = 32):
+    With a `refiner` (`refiner.Refiner`, loaded from the workdir when one was trained), the
+    first stage's boxes of the refiner's regions are refined on the original-resolution image;
+    `refine_counts` tallies, per region, boxes refined and first-stage boxes kept.
+    """
+
+    def __init__(self, cfg: LocalizerConfig, params, prior=None, batch_size: int = 32,
+                 refiner=None):
         self.cfg, self.params, self.prior, self.batch_size = cfg, params, prior, batch_size
+        self.refiner = refiner
+        self.refine_counts: dict[str, dict[str, int]] = {}
         self._fn = jax.jit(partial(predict_prepared, cfg))
 
     @classmethod
-    def load(cls, workdir: str, batch_size: int = 32) -> "Localizer":
+    def load(cls, workdir: str, batch_size: int = 32, refine: bool = True) -> "Localizer":
+        """`refine=False` ignores a refiner in the workdir (first stage only)."""
+        from wristmir_jax.imaging.refiner import Refiner
+
         cfg, params, prior = load_localizer(workdir)
-        return cls(cfg, params, prior, batch_size)
+        # One refiner patch per image and region: its batch follows the localizer's (a batch-1
+        # query does not pay for 64 padded patches).
+        refiner = Refiner.load(workdir, batch_size=batch_size) if refine else None
+        return cls(cfg, params, prior, batch_size, refiner)
 
     def predict_prepared(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """f32[N, S, S] -> (boxes f32[N, 3, 4] prepared px, scores f32[N, 3]), any N."""
@@ -355,11 +372,15 @@ class Localizer:
         Boxes are in original pixels. An image of unknown laterality is tried both ways and the
         orientation with the higher mean confidence wins (the model only knows right wrists).
         """
-        prepared, geos, owner = [], [], []
+        from wristmir_jax.imaging.preprocess import normalize, prepare
+
+        prepared, geos, owner, normed = [], [], [], []
         for i, (img, lat) in enumerate(zip(images, lateralities)):
+            xn = normalize(img, clip=tuple(self.cfg.clip))  # = prepare_for_localizer's first step
+            normed.append(xn)
             options = [lat] if lat is not None else ["right", "left"]
             for o in options:
-                x, geo = prepare_for_localizer(img, o, self.cfg)
+                x, geo = prepare(xn, o, self.cfg.image_size)
                 prepared.append(x)
                 geos.append(geo)
                 owner.append(i)
@@ -370,11 +391,18 @@ class Localizer:
         for j, i in enumerate(owner):
             if i not in best or scores[j].mean() > scores[best[i]].mean():
                 best[i] = j
-        out = []
-        for i in range(len(images)):
-            j = best[i]
-            out.append(result_record(boxes[j], scores[j], geos[j]))
-        return out
+        pick = [best[i] for i in range(len(images))]
+        chosen, chosen_geos = boxes[pick], [geos[j] for j in pick]
+        if self.refiner is not None:
+            from wristmir_jax.imaging.refiner import canonical_image
+
+            canon = [canonical_image(normed[i], chosen_geos[i]) for i in range(len(images))]
+            chosen, refined = self.refiner.refine_prepared(canon, chosen_geos, chosen)
+            for r in self.refiner.cfg.region_index:
+                c = self.refine_counts.setdefault(REGIONS[r], {"refined": 0, "kept": 0})
+                c["refined"] += int(refined[:, r].sum())
+                c["kept"] += int(len(images) - refined[:, r].sum())
+        return [result_record(chosen[i], scores[j], chosen_geos[i]) for i, j in enumerate(pick)]
 
 
 def result_record(boxes_prepared: np.ndarray, scores: np.ndarray, geo) -> dict[str, Any]:

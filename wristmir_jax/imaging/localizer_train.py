@@ -4,7 +4,9 @@ optax train step, box metrics (per-region mean IoU and hit rate at IoU >= 0.5).
 Images are loaded once, normalised, canonicalised (`prepare`) and kept in memory as uint8
 [N, S, S] (1500 images at 256 px are ~100 MB), with their gold boxes mapped into that frame.
 Augmentation: a random translation that keeps every box inside the square (host side, cheap)
-and a random gamma (inside the jitted step).
+and a random gamma (inside the jitted step). `load_prepared(..., keep=fn)` also hands each
+normalised original in the canonical orientation to `fn` while it is in memory (the refiner's
+`WindowCollector` keeps windows around the gold boxes from it), so images are read once.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ import dataclasses
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from wristmir_jax.imaging.boxes import ManifestRow, box_iou
 from wristmir_jax.imaging.io import ImageError, load_image
-from wristmir_jax.imaging.localizer import LocalizerConfig, localizer_loss, prepare_for_localizer
-from wristmir_jax.imaging.preprocess import Geometry
+from wristmir_jax.imaging.localizer import LocalizerConfig, localizer_loss
+from wristmir_jax.imaging.preprocess import Geometry, normalize, prepare
 from wristmir_jax.schema import NUM_REGIONS, REGIONS
 from wristmir_jax.utils.jsonl import Rejects
 
@@ -36,6 +38,7 @@ class PreparedSet:
     geos: list[Geometry]
     boxes: np.ndarray         # f32 [N, 3, 4] prepared px (zeros where has_box is 0)
     has_box: np.ndarray       # f32 [N, 3]
+    extras: list | None = None  # what `keep` returned per image (None without `keep`)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -43,29 +46,39 @@ class PreparedSet:
 
 def load_prepared(rows: Sequence[ManifestRow], cfg: LocalizerConfig, rejects: Rejects,
                   boxes_by_id: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
-                  workers: int = 2, progress: Callable | None = None) -> PreparedSet:
-    """Loads and canonicalises images; unloadable ones go to `rejects` (and are dropped)."""
+                  workers: int = 2, progress: Callable | None = None,
+                  keep: Callable[[ManifestRow, np.ndarray, Geometry], Any] | None = None
+                  ) -> PreparedSet:
+    """Loads and canonicalises images; unloadable ones go to `rejects` (and are dropped).
+
+    `keep(row, canonical normalised original f32[H, W], geo)`, when given, is called once per
+    loaded image (same normalisation as the localizer's input); its results are `extras`.
+    """
+    from wristmir_jax.imaging.refiner import canonical_image
 
     def work(row: ManifestRow):
         try:
             img = load_image(row.image)
-            x, geo = prepare_for_localizer(img, row.laterality, cfg)
+            xn = normalize(img, clip=tuple(cfg.clip))  # = prepare_for_localizer, in two steps
+            x, geo = prepare(xn, row.laterality, cfg.image_size)
         except ImageError as e:
-            return row, None, None, e.reason
-        return row, np.round(x * 255.0).astype(np.uint8), geo, None
+            return row, None, None, None, e.reason
+        extra = keep(row, canonical_image(xn, geo), geo) if keep is not None else None
+        return row, np.round(x * 255.0).astype(np.uint8), geo, extra, None
 
-    kept, imgs, geos = [], [], []
+    kept, imgs, geos, extras = [], [], [], []
     with ThreadPoolExecutor(max(1, workers)) as pool:
         results = pool.map(work, rows)
         if progress is not None:
             results = progress(results, total=len(rows), desc="loading images")
-        for row, x, geo, err in results:
+        for row, x, geo, extra, err in results:
             if err is not None:
                 rejects.add(row.line, err, id=row.id)
                 continue
             kept.append(row)
             imgs.append(x)
             geos.append(geo)
+            extras.append(extra)
     n, s = len(kept), cfg.image_size
     boxes = np.zeros((n, NUM_REGIONS, 4), np.float32)
     has = np.zeros((n, NUM_REGIONS), np.float32)
@@ -76,7 +89,7 @@ def load_prepared(rows: Sequence[ManifestRow], cfg: LocalizerConfig, rejects: Re
                 boxes[i, r] = geo.box_to_processed(b)
                 has[i, r] = 1.0
     images = np.stack(imgs) if imgs else np.zeros((0, s, s), np.uint8)
-    return PreparedSet(kept, images, geos, boxes, has)
+    return PreparedSet(kept, images, geos, boxes, has, extras if keep is not None else None)
 
 
 def _translate(images: np.ndarray, boxes: np.ndarray, has: np.ndarray, rng: np.random.Generator,

