@@ -140,7 +140,7 @@ def test_reranker_gather_topk_matches_reference():
 
 
 def test_reranker_mixed_conditions_read_only_needed_rows_same_result():
-    # rerank_grouped reads only the rows a batch needs; scores and order must equal the
+    # rerank_needed_rows reads only the rows a batch needs; scores and order must equal the
     # loop reference over all rows, for a batch mixing all-bone, one-bone and two-bone queries.
     rng = np.random.default_rng(5)
     n, d, n_q = 400, 16, 10

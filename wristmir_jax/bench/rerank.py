@@ -2,7 +2,7 @@
 implementations of the same formula (256 queries x K=200 candidates x 3 regions, a quarter of the
 queries conditioned on all bones and a quarter on each single bone; target >= 10x):
 
-- end to end (gather from the database + scores + top-k): the jitted `rerank_grouped` (a batch
+- end to end (gather from the database + scores + top-k): the jitted `rerank_needed_rows` (a batch
   of one condition reads only global + its bones; this mixed batch reads every row) vs a vectorised
   numpy one (fancy-index gather of every row and einsum) and a per-query numpy loop (gather +
   BLAS matvecs);
@@ -62,8 +62,7 @@ def run(quick: bool = False) -> dict:
 
     from wristmir_jax.bench.search import make_data
     from wristmir_jax.retrieval import coarse
-    from wristmir_jax.retrieval.rerank import (Reranker, condition_weights, rerank, rerank_grouped,
-                                               rerank_top)
+    from wristmir_jax.retrieval.rerank import Reranker, condition_weights, rerank, rerank_needed_rows
 
     n = 100_000 if quick else 1_000_000
     rng = np.random.default_rng(0)
@@ -94,18 +93,11 @@ def run(quick: bool = False) -> dict:
     cd = jnp.asarray(cand)
 
     def jitted():
-        return rerank_grouped(qd, rr.packed, rr.db_mask, cd, alpha, w, k=10)
-
-    def jitted_all_rows():
-        s, i = rerank_top(qd, rr.packed, rr.db_mask, cd, wd, k=10)
-        i.block_until_ready()
-        return np.asarray(s), np.asarray(i)
+        return rerank_needed_rows(qd, rr.packed, rr.db_mask, cd, alpha, w, k=10)
 
     js, ji = jitted()
-    jitted_all_rows()
     reps = 5
     t_jit = min(_time(jitted) for _ in range(reps))
-    t_jit_all = min(_time(jitted_all_rows) for _ in range(reps))
     ns, ni = rerank_numpy(q_g, q_r, q_m, db_g16, db_r, db_m, cand, alpha, w, 10)
     t_np = min(_time(lambda: rerank_numpy(q_g, q_r, q_m, db_g16, db_r, db_m, cand, alpha, w, 10))
                for _ in range(3))
@@ -145,7 +137,7 @@ def run(quick: bool = False) -> dict:
         if c.shape[1] < K:
             c = np.concatenate([c, np.full((1, K - c.shape[1]), -1, np.int32)], 1)
         q1 = {"global": q_g[i:i + 1], "region": q_r[i:i + 1], "crop_mask": q_m[i:i + 1]}
-        s, top = rerank_grouped(q1, rr.packed, rr.db_mask, c, one_a, one_w, k=10)
+        s, top = rerank_needed_rows(q1, rr.packed, rr.db_mask, c, one_a, one_w, k=10)
         return top
 
     two_stage(0)
@@ -162,7 +154,6 @@ def run(quick: bool = False) -> dict:
         "n": n, "dim": D, "queries": Q, "candidates": K, "regions": 3, "db_dtype": "float16",
         "devices": len(jax.devices()),
         "batched_jitted_s": round(t_jit, 5), "batched_numpy_s": round(t_np, 5),
-        "batched_jitted_all_rows_s": round(t_jit_all, 5),
         "speedup_jitted_vs_numpy": round(t_np / t_jit, 2),
         "batched_numpy_loop_s": round(t_loop, 5),
         "speedup_jitted_vs_numpy_loop": round(t_loop / t_jit, 2),

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wristmir_jax.errors import UserError
+from wristmir_jax.imaging.jsonconfig import JsonConfig
 from wristmir_jax.schema import NUM_REGIONS, REGIONS
 
 CONFIG_FILE = "localizer_config.json"
@@ -40,7 +41,7 @@ PRIOR_FILE = "box_prior.json"
 
 
 @dataclasses.dataclass(frozen=True)
-class LocalizerConfig:
+class LocalizerConfig(JsonConfig):
     image_size: int = 256
     widths: tuple[int, ...] = (24, 48, 96, 128)      # stride 4, 8, 16, 32
     head_width: int = 48                              # top-down path (strides 32 -> 8)
@@ -49,21 +50,6 @@ class LocalizerConfig:
     version: int = 1
 
     stride: int = 4
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["widths"], d["clip"] = list(self.widths), list(self.clip)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LocalizerConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}
-        if "widths" in d:
-            d["widths"] = tuple(int(t) for t in d["widths"])
-        if "clip" in d:
-            d["clip"] = tuple(float(t) for t in d["clip"])
-        return cls(**d)
 
     @property
     def grid(self) -> int:

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wristmir_jax.errors import UserError
+from wristmir_jax.imaging.jsonconfig import JsonConfig
 from wristmir_jax.imaging.crops import MIN_CROP_SIDE, crop_square
 from wristmir_jax.imaging.localizer import ConvNormAct, _up2, giou
 from wristmir_jax.schema import NUM_REGIONS, REGIONS
@@ -56,7 +57,7 @@ REFINER_FILES = (REFINER_CONFIG_FILE, REFINER_PARAMS_FILE)
 
 
 @dataclasses.dataclass(frozen=True)
-class RefinerConfig:
+class RefinerConfig(JsonConfig):
     regions: tuple[str, ...] = ("ulnar_styloid",)   # refined regions (REGIONS names)
     patch_size: int = 64                            # patch side in px (multiple of 16)
     context: float = 3.0                            # patch side / first-stage box longer side
@@ -67,21 +68,6 @@ class RefinerConfig:
     min_side: float = 2.0                           # original px; a thinner box is degenerate
     max_size_ratio: float = 2.0                     # refined / first-stage size, either way
     version: int = 1
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["regions"], d["widths"] = list(self.regions), list(self.widths)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "RefinerConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}
-        if "regions" in d:
-            d["regions"] = tuple(str(t) for t in d["regions"])
-        if "widths" in d:
-            d["widths"] = tuple(int(t) for t in d["widths"])
-        return cls(**d)
 
     def check(self) -> "RefinerConfig":
         bad = [r for r in self.regions if r not in REGIONS]

@@ -30,30 +30,18 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from wristmir_jax.imaging.crops import MIN_CROP_SIDE, crop_square
+from wristmir_jax.imaging.jsonconfig import JsonConfig
 from wristmir_jax.imaging.refiner import (RefinerConfig, Refiner, patch_square, refiner_loss,
                                           to_patch)
 
 
 @dataclasses.dataclass(frozen=True)
-class JitterConfig:
+class JitterConfig(JsonConfig):
     sigma: float = 0.15                       # per-axis centre error (gold w / h units), normal
     wide: float = 0.15                        # share of errors drawn uniform in +-max_offset
     max_offset: float = 1.0                   # no error beyond this (gold w / h units)
     scale: tuple[float, float] = (0.8, 1.25)  # first-stage size / gold size, log-uniform
     aspect_sigma: float = 0.08                # log-normal aspect change, clipped at 3 sigma
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["scale"] = list(self.scale)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "JitterConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}
-        if "scale" in d:
-            d["scale"] = tuple(float(t) for t in d["scale"])
-        return cls(**d)
 
     def reach(self, context: float) -> float:
         """Farthest a training patch reads from the gold centre, in gold longer sides."""

@@ -137,7 +137,7 @@ def rerank_top(query, packed, db_mask, cand_idx, weights, *, k: int, rows: tuple
 
     `rows` (static) names the packed rows to read: 0 = global (always read), 1 + r = region r.
     The reranker is bound by this gather, so a query about one bone reads 2 of the 4 rows; the
-    weights of regions not read are taken as 0 (`rerank_grouped` picks rows from the weights).
+    weights of regions not read are taken as 0 (`rerank_needed_rows` picks rows from the weights).
     Returns (scores f32[Q,k], idx i32[Q,k]) best first, idx -1 where fewer valid candidates."""
     f32 = jnp.float32
     rows = tuple(sorted(set(rows) | {0}))
@@ -170,7 +170,7 @@ def rerank_top(query, packed, db_mask, cand_idx, weights, *, k: int, rows: tuple
     return jax.lax.map(one, (q_all, query["crop_mask"].astype(f32), alpha, w, cand_idx))
 
 
-def rerank_grouped(query, packed, db_mask, cand_idx, alpha, region_w, *, k: int):
+def rerank_needed_rows(query, packed, db_mask, cand_idx, alpha, region_w, *, k: int):
     """rerank_top reading only the rows the batch's region conditions need (host side): when
     every query uses the same regions (one bone, say), only global + those rows are gathered;
     a batch mixing conditions is reranked in one call over all rows (splitting it into one call
@@ -208,4 +208,4 @@ class Reranker:
         a = np.broadcast_to(np.asarray(alpha, np.float32), (n_q,))
         w = np.broadcast_to(np.asarray(region_w, np.float32), (n_q, NUM_REGIONS))
         k = int(min(k, cand_idx.shape[1]))
-        return rerank_grouped(q, self.packed, self.db_mask, cand_idx, a, w, k=k)
+        return rerank_needed_rows(q, self.packed, self.db_mask, cand_idx, a, w, k=k)
