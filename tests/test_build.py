@@ -114,6 +114,12 @@ def test_training_examples_and_pipeline_over_built_data(built):
     ids, mask = tokenize(load(data_dir), stored["global_caption"].decode(), MAX_LEN)
     np.testing.assert_array_equal(ids, ex["global_tokens"])
     np.testing.assert_array_equal(mask, ex["global_mask"])
+    # the frozen text tower's prefill reads a split's captions from the stored records
+    from wristmir_jax.models.text_cache import CAPTION_KEYS, caption_arrays
+
+    caps = caption_arrays(src, 1, 4)
+    for k in CAPTION_KEYS:
+        np.testing.assert_array_equal(caps[k], np.stack([src[i][k] for i in range(1, 4)]), err_msg=k)
     it = make_pipeline(data_dir, "train", global_batch_size=2, seed=0, worker_count=0,
                        process_index=0, process_count=1)
     b = next(it)

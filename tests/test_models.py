@@ -255,6 +255,41 @@ def test_resnet_pooling_choices_and_per_image_normalisation():
         ResNet(ResNetSpec(pool="mean", **base)).init(jax.random.PRNGKey(0), x)
 
 
+def test_resnet_film_conditions_the_convolutions_on_the_bone():
+    x = np.random.default_rng(2).random((4, 32, 32, 1), dtype=np.float32)
+    ids = np.array([0, 1, 2, 1], np.int32)
+    base = dict(stages=(1, 1), widths=(8, 16), stem_stride=2, groups=4, pool="max", num_regions=3)
+    plain, film = ResNet(ResNetSpec(**base)), ResNet(ResNetSpec(film=True, **base))
+    vf = film.init(jax.random.PRNGKey(0), x, ids)
+    pf = nn.unbox(vf["params"])
+    # residual branches start at zero (norm2 scale 0); open them so the blocks matter
+    pf = {k: ({**v, "norm2": {**v["norm2"], "scale": jnp.ones_like(v["norm2"]["scale"])}}
+              if k.startswith("stage") else v) for k, v in pf.items()}
+    assert pf["film_stage0_block0"].shape == (3, 2, 8) and pf["film_stage1_block0"].shape == (3, 2, 16)
+    # zero init: exactly the unconditioned tower with the same weights
+    pp = {k: v for k, v in pf.items() if not k.startswith("film_")}
+    a, _ = plain.apply({"params": pp}, x, ids)
+    b, _ = film.apply({"params": pf}, x, ids)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    # a scale for bone 1 in the first block changes the features of bone-1 crops only; the same
+    # crop is seen differently as a radius and as an ulna, which the pooled embedding cannot do
+    pf2 = jax.tree.map(lambda t: t, pf)
+    pf2["film_stage0_block0"] = pf["film_stage0_block0"].at[1, 0].set(1.5).at[1, 1].set(-0.3)
+    c, _ = film.apply({"params": pf2}, x, ids)
+    a, c = np.asarray(a), np.asarray(c)
+    np.testing.assert_allclose(c[[0, 2]], a[[0, 2]], atol=1e-6)
+    assert np.abs(c[[1, 3]] - a[[1, 3]]).max() > 1e-2
+    same = np.repeat(x[:1], 3, 0)
+    d, _ = film.apply({"params": pf2}, same, np.arange(3, dtype=np.int32))
+    assert np.abs(np.asarray(d)[1] - np.asarray(d)[0]).max() > 1e-2
+    np.testing.assert_allclose(np.asarray(d)[2], np.asarray(d)[0], atol=1e-6)
+    # the FiLM tables learn: nonzero gradient at init
+    g = jax.grad(lambda p: jnp.sum(film.apply({"params": p}, x, ids)[0] ** 2))(pf)
+    assert float(jnp.abs(g["film_stage1_block0"]).sum()) > 0
+    with pytest.raises(ValueError, match="film needs num_regions"):
+        ResNet(ResNetSpec(film=True, **{**base, "num_regions": 0})).init(jax.random.PRNGKey(0), x)
+
+
 @pytest.mark.parametrize("pool", ["cls", "mean"])
 def test_text_tower_shapes_and_pooling(pool):
     spec = TextSpec(vocab_size=50, width=16, depth=2, heads=2, mlp_dim=32, max_len=10, pool=pool)

@@ -8,11 +8,13 @@ import jax
 
 from wristmir_jax.data.tokenizer import load_pretrained, tokenize
 from wristmir_jax.models.hf_import import load_text_tower, packaged_minilm_dir
-from wristmir_jax.models.text_cache import TextFeatureCache
+from wristmir_jax.models.text_cache import TextFeatureCache, caption_arrays
 from wristmir_jax.train.defaults import base_config
 from wristmir_jax.train.mesh import make_mesh
 from wristmir_jax.train.state import build_model, create_train_state, dummy_batch
 from wristmir_jax.train.trainer import resolve_config
+
+pytestmark = pytest.mark.xdist_group("text_cache_state")  # one worker builds the MiniLM state
 
 CAPTIONS = ["right wrist. distal radius: buckle fracture.", "left wrist. no fracture.",
             "right wrist. distal radius: buckle fracture."]
@@ -75,12 +77,32 @@ def test_cached_features_equal_running_the_tower(setup):
     with_feat = cache.attach(b)
     # identical captions share an entry: 2 distinct global + (2 + 1 + 2) distinct region captions
     assert len(cache) == 2 + 5 and cache.computed == len(cache)
+    # region captions of all three bones share chunks: 1 global chunk + ceil(5 / 4) region ones
+    assert cache.chunks == 3
     live = model.encode(params, b)
     cached = model.encode(params, with_feat)
     for k in ("global_txt", "region_txt", "global_img", "region_img"):
         np.testing.assert_allclose(np.asarray(cached[k]), np.asarray(live[k]), atol=2e-5)
     cache.attach(b)
     assert cache.computed == 7  # nothing new to run the second time
+
+
+def test_prefill_from_a_split_then_batches_only_look_up(setup):
+    cfg, model, state = setup
+    params = state["params"]
+    b = _batch(model, cfg)
+    examples = [{k: b[k][i] for k in b} for i in range(len(CAPTIONS))]  # a sequence source
+    caps = caption_arrays(examples)
+    assert caps["region_tokens"].shape == b["region_tokens"].shape
+    assert caption_arrays(examples, 1, 1) == {} and TextFeatureCache(model, params).prefill({}) == 0
+    cache = TextFeatureCache(model, params, chunk=4)
+    assert cache.prefill(caps) == 7 and cache.chunks == 3
+    assert cache.prefill(caption_arrays(examples, 0, 2)) == 0  # all seen
+    with_feat = cache.attach(b)
+    assert cache.computed == 7 and cache.chunks == 3  # the batch ran no tower call
+    lazy = TextFeatureCache(model, params, chunk=4).attach(b)
+    for k in ("global_text_feat", "region_text_feat"):
+        np.testing.assert_allclose(with_feat[k], lazy[k], atol=1e-6)
 
 
 def test_frozen_text_training_keeps_text_weights_and_trains_the_projection(setup, tmp_path):

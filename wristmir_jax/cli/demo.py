@@ -21,14 +21,14 @@ import time
 from wristmir_jax.errors import UserError
 from wristmir_jax.utils.fs import atomic_write
 
-# Sizes: the full demo takes ~23 min on 2 CPU cores (target 25), --quick ~5.3 min (target 5).
+# Sizes: the full demo takes ~26 min on 2 CPU cores (target 25), --quick ~4.5 min (target 5).
 # The bone crops come from the original 512 px image, so 64 px crops keep the fracture detail while
 # the 128 px global image (like a thumbnail) does not: the point of the region stage.
 # The captions are tokenised for the packaged all-MiniLM-L6-v2 text tower cpu_demo uses (frozen).
 FULL = dict(n=2000, image_size=512, localizer_steps=1000, localizer_batch=16, data_image_size=128,
             data_crop_size=64, tokenizer="minilm", train_config="cpu_demo", train_overrides=())
 # --quick skips the styloid refiner (its compile and steps cost ~30 s of a 5-minute budget).
-QUICK = dict(n=400, image_size=512, localizer_steps=120, localizer_batch=16,
+QUICK = dict(n=400, image_size=512, localizer_steps=100, localizer_batch=16,
              localizer_extra=("--no-refine",), data_image_size=128, data_crop_size=64,
              tokenizer="minilm", train_config="cpu_demo:quick", train_overrides=())
 
@@ -39,7 +39,7 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.pat
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (resumable)")
-    p.add_argument("--quick", action="store_true", help="small sizes (~6 minutes)")
+    p.add_argument("--quick", action="store_true", help="small sizes (under 5 minutes on 2 cores)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="rerun every stage")
 

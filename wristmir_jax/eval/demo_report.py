@@ -70,9 +70,9 @@ def _headline_md(metrics: dict, h: dict) -> list[str]:
                      + f" | **{_f(p.get('mean_auroc'))}** | {_f(float(np.mean(kauc)) if kauc else None)} |")
     ok = {True: "met", False: "**not met**", None: "not measured"}
     lines += ["",
-              f"- Two-stage minus global-only mean F1: **{_f(h['knn_mean_f1_gain'])}** "
+              f"- Two-stage minus global-only mean F1: **{_f(h['knn_mean_f1_gain'], 4)}** "
               f"(target >= {TARGET_F1_GAIN:.2f}: {ok[h['f1_gain_met']]}; the paper: 0.568 -> 0.753).",
-              f"- Best mean fracture AUROC from the embeddings: **{_f(h['best_probe_auroc'])}** "
+              f"- Best mean fracture AUROC from the embeddings: **{_f(h['best_probe_auroc'], 4)}** "
               f"({names.get(h['best_probe_method'], h['best_probe_method'])} features; target >= "
               f"{TARGET_AUROC:.2f}: {ok[h['auroc_met']]}; the paper: 0.949).",
               "- Positives among the queries: "

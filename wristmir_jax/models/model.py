@@ -202,7 +202,8 @@ def _image_spec(c, size: int, common: dict, num_regions: int):
                           stem_stride=int(c.resnet_stem_stride), groups=int(c.resnet_groups),
                           channels=1, pixel_mean=float(c.pixel_mean), pixel_std=float(c.pixel_std),
                           pool=str(c.pool), input_norm=str(c.get("input_norm", "fixed")),
-                          num_regions=num_regions, dtype=common["dtype"], remat=common["remat"],
+                          num_regions=num_regions, film=bool(c.get("region_film", False)),
+                          dtype=common["dtype"], remat=common["remat"],
                           deterministic=common["deterministic"])
     raise ValueError(f"unknown image tower {c.name!r} (vit|resnet)")
 

@@ -38,6 +38,9 @@ local                bone-crop tower: the same fields as `image` with `crop_size
                      stacked with a leading "region" axis).
   region_embedding   learned per-bone embedding (zero init) added to the shared tower's tokens
                      (ViT) or pooled feature (ResNet) and to region captions' input embeddings.
+  region_film        ResNet only: per-bone FiLM scale/shift in every block (zero init) so the
+                     shared tower's convolutions are conditioned on the bone (needs
+                     shared_across_regions and region_embedding).
 
 text                 BERT-style text tower (global captions; region captions too when shared).
   vocab_size         word-piece vocabulary (overridden by `build(cfg, vocab_size=...)`).
@@ -81,7 +84,7 @@ def _resnet(image_size: int, stages, widths, stem_stride: int, groups: int = 8) 
 def _local(tower: dict, shared: bool = True, region_embedding: bool = True) -> dict:
     d = dict(tower)
     d["crop_size"] = d.pop("image_size")
-    d.update(shared_across_regions=shared, region_embedding=region_embedding)
+    d.update(shared_across_regions=shared, region_embedding=region_embedding, region_film=False)
     return d
 
 

@@ -11,6 +11,12 @@ Input normalisation: "fixed" ((x - pixel_mean) / pixel_std) or "per_image" (each
 standardised by its own mean and std, then scaled by pixel_std: exposure and soft-tissue
 brightness differ between radiographs far more than the fracture changes the pixels).
 
+Bone conditioning (shared crop tower, `film=True`): a per-bone scale and shift (FiLM, Perez et
+al. 2018; zero init, so training starts from the unconditioned tower) on every block's first
+normalised activation. The pooled-feature region embedding alone is a constant offset before a
+linear projection, so it cannot change which features fire; with FiLM the convolutions can look
+for an ulnar fracture in an ulna crop and discount the overlapping radius of a lateral view.
+
 Input: f32[B,H,W,C] in [0,1], normalised inside. Output: (pooled [B,widths[-1]], feature map).
 """
 
@@ -36,6 +42,7 @@ class ResNetSpec:
     pool: str = "gap"  # gap | max | gem
     input_norm: str = "fixed"  # fixed | per_image
     num_regions: int = 0
+    film: bool = False  # per-bone FiLM in every block (needs num_regions)
     dtype: Dtype = jnp.float32
     remat: bool = False
     deterministic: bool = True
@@ -69,9 +76,13 @@ class BasicBlock(nn.Module):
     dtype: Dtype
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, film=None):
         y = _conv(self.features, 3, self.stride, self.dtype, "conv1")(x)
-        y = nn.relu(_norm(self.features, self.groups, self.dtype, "norm1")(y))
+        y = _norm(self.features, self.groups, self.dtype, "norm1")(y)
+        if film is not None:  # [B, 2, C]: (scale - 1, shift) of this crop's bone
+            scale, shift = film[:, None, None, 0], film[:, None, None, 1]
+            y = y * (1.0 + scale).astype(y.dtype) + shift.astype(y.dtype)
+        y = nn.relu(y)
         y = _conv(self.features, 3, 1, self.dtype, "conv2")(y)
         y = _norm(self.features, self.groups, self.dtype, "norm2", zero=True)(y)
         if x.shape[-1] != self.features or self.stride != 1:
@@ -88,6 +99,10 @@ class ResNet(nn.Module):
         s = self.spec
         if x.shape[-1] != s.channels:
             raise ValueError(f"ResNet expects {s.channels} channel(s), got {tuple(x.shape)}")
+        if s.num_regions and region_ids is None:
+            raise ValueError("this tower has a region embedding: pass region_ids")
+        if s.film and not s.num_regions:
+            raise ValueError("resnet film needs num_regions (a shared tower with region embedding)")
         x = x.astype(jnp.float32)
         if s.input_norm == "fixed":
             x = (x - s.pixel_mean) / s.pixel_std
@@ -110,12 +125,16 @@ class ResNet(nn.Module):
         block = nn.remat(BasicBlock) if s.remat else BasicBlock
         for i, (n, w) in enumerate(zip(s.stages, s.widths)):
             for j in range(n):
+                film = None
+                if s.film:
+                    table = self.param(f"film_stage{i}_block{j}",
+                                       logical(nn.initializers.zeros, ("region", None, "conv_out")),
+                                       (s.num_regions, 2, w), jnp.float32)
+                    film = table[region_ids]
                 x = block(w, 2 if (i > 0 and j == 0) else 1, s.groups, s.dtype,
-                          name=f"stage{i}_block{j}")(x)
+                          name=f"stage{i}_block{j}")(x, film)
         pooled = _pool(self, s.pool, x.astype(jnp.float32))
         if s.num_regions:
-            if region_ids is None:
-                raise ValueError("this tower has a region embedding: pass region_ids")
             reg = self.param("region_embed", logical(nn.initializers.zeros, ("region", "conv_out")),
                              (s.num_regions, s.out_width), jnp.float32)
             pooled = pooled + reg[region_ids]

@@ -108,9 +108,11 @@ def embed_split(workdir: str, data_dir: str, split: str, out_dir: str, *, dtype:
 
     text_cache = None
     if model.text_frozen:  # a frozen text tower runs once per distinct caption
-        from wristmir_jax.models.text_cache import TextFeatureCache
+        from wristmir_jax.models.text_cache import PREFILL_MAX_EXAMPLES, TextFeatureCache, caption_arrays
 
         text_cache = TextFeatureCache(model, params)
+        if end - start <= PREFILL_MAX_EXAMPLES:  # the fewest tower calls; else filled per batch
+            text_cache.prefill(caption_arrays(src, start, end))
     parts: dict[str, list] = {k: [] for k in EMBED_KEYS + ("crop_mask", "ids", "patients", "records",
                                                           "boxes", "images")}
     t0 = time.perf_counter()

@@ -10,7 +10,8 @@ Sections (every field can be overridden: `--config.optim.lr=3e-4`):
                            any process count; no augmentation)
   data.global_batch_size   examples per step over all processes
   data.worker_count        Grain worker processes (0 = in the main process)
-  data.augment             random flips/affine/photometric on training images
+  data.augment             random affine, crop jitter and photometric changes on training
+                           images (data.augment; no flips)
   data.val_split           the split evaluated for validation loss and best-checkpoint choice
   data.eval_batches        validation batches per evaluation (0 = the whole split)
   data.synthetic.*         size of the in-memory synthetic train/val sets (source "synthetic")

@@ -63,6 +63,21 @@ def resolve_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return cfg
 
 
+def _prefill_text(cache, sources) -> None:
+    """Encodes the distinct captions of built splits before the loop, so the frozen text tower
+    never runs between train steps; larger splits (text_cache.PREFILL_MAX_EXAMPLES), and
+    in-memory synthetic ones (reading renders the images), fill the cache lazily."""
+    from wristmir_jax.models.text_cache import PREFILL_MAX_EXAMPLES, caption_arrays
+
+    t0 = time.time()
+    for src in sources:
+        if hasattr(src, "stored") and 0 < len(src) <= PREFILL_MAX_EXAMPLES:
+            cache.prefill(caption_arrays(src))
+    if cache.computed:
+        log.info("text features of %d distinct captions in %d tower calls (%.1fs)", cache.computed,
+                 cache.chunks, time.time() - t0)
+
+
 def _sources(cfg):
     """(train source, val source): random-access sources for the two splits."""
     if cfg.data.source == "synthetic":
@@ -163,6 +178,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 
         text_cache = TextFeatureCache(model, state["params"])
         with_text = text_cache.attach
+        _prefill_text(text_cache, (train_source, val_source))
     else:
         text_cache, with_text = None, (lambda b: b)
 
@@ -258,7 +274,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                "global_batch_size": gbs, "devices": mesh.size, "processes": jax.process_count(),
                "wall_s": round(time.time() - t_start, 2)}
     if text_cache is not None:
-        summary["text_feature_cache"] = {"captions": len(text_cache), "encoded": text_cache.computed}
+        summary["text_feature_cache"] = {"captions": len(text_cache), "encoded": text_cache.computed,
+                                         "tower_calls": text_cache.chunks}
     if primary:
         _write_json(os.path.join(workdir, "summary.json"), summary)
     if stop is not None:
