@@ -13,10 +13,6 @@ from PIL import Image
 from wristmir_jax.cli.main import main
 from wristmir_jax.schema import REGIONS
 
-# One xdist worker runs the whole module, so the module's localizer (the `trained` fixture,
-# ~140 s with the refiner) is trained once rather than once per worker.
-pytestmark = pytest.mark.xdist_group("localizer_trained")
-
 N_IMAGES = 240
 GEN_SIZE = 160
 IMAGE_SIZE = 128

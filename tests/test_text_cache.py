@@ -14,8 +14,6 @@ from wristmir_jax.train.mesh import make_mesh
 from wristmir_jax.train.state import build_model, create_train_state, dummy_batch
 from wristmir_jax.train.trainer import resolve_config
 
-pytestmark = pytest.mark.xdist_group("text_cache_state")  # one worker builds the MiniLM state
-
 CAPTIONS = ["right wrist. distal radius: buckle fracture.", "left wrist. no fracture.",
             "right wrist. distal radius: buckle fracture."]
 REGION = [["distal radius: buckle fracture", "distal ulna: no fracture", "ulnar styloid: no fracture"],
