@@ -1,5 +1,5 @@
 """The demo: global + local encoders on the built synthetic dataset (~1400 training images,
-128 px images, 64 px crops), about 12 minutes on 2 CPU cores.
+128 px images, 64 px crops), about 11 minutes on 2 CPU cores.
 
 Image towers: small GroupNorm ResNets; the bone-crop tower max-pools its last feature map,
 standardises each crop (a fracture is a few cells of the map: a mean dilutes it) and is
@@ -31,7 +31,9 @@ def get_config(arg=None):
     c.data.source = "tfds"
     c.data.order = "grain"
     c.data.global_batch_size = 32
-    c.data.worker_count = 1
+    # Decode in the trainer's process: a Grain worker process competes with XLA for the 2 cores
+    # (median step 1.15 s with one worker, 0.97 s without; decoding a batch takes ~10 ms).
+    c.data.worker_count = 0
     c.data.augment = False
     c.data.eval_batches = 4
     c.data.synthetic.num_train = 1400
@@ -47,7 +49,7 @@ def get_config(arg=None):
     c.train.steps = 600
     c.train.log_every = 10
     c.train.eval_every = 200
-    c.train.checkpoint_every = 100
+    c.train.checkpoint_every = 200
     c.train.keep = 2
     c.train.keep_best = 1
     variants = set((arg or "").split(",")) - {""}

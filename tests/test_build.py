@@ -267,6 +267,53 @@ def test_disagreeing_inputs_are_rejected_and_counts_add_up(messy, tmp_path):
     assert c["images_rejected"] == 2
 
 
+def test_threaded_build_equals_one_thread(messy, tmp_path):
+    """--workers only changes speed: the same records in the same order, the same rejects.
+    Both builds use the first one's tokenizer: the word-piece trainer breaks ties between
+    merges differently in each process (BUILD_NOTES "Known gaps")."""
+    import tensorflow_datasets as tfds
+
+    p, *_ = messy
+    first, second = tmp_path / "data_w1", tmp_path / "data_w3"
+    assert _build(p, first, "--workers", "1") == 0
+    assert _build(p, second, "--workers", "3", "--tokenizer", str(first / "tokenizer")) == 0
+    b1, b3 = tfds.builder_from_directory(str(first)), tfds.builder_from_directory(str(second))
+    assert set(b1.info.splits) == set(b3.info.splits)
+    for s in b1.info.splits:
+        d1, d3 = b1.as_data_source(s), b3.as_data_source(s)
+        assert len(d1) == len(d3) > 0
+        for i in range(len(d1)):
+            x, y = d1[i], d3[i]
+            assert set(x) == set(y)
+            for key in x:
+                np.testing.assert_array_equal(np.asarray(x[key]), np.asarray(y[key]), err_msg=key)
+    r1, r3 = ((o / "build.rejects.jsonl").read_text() for o in (first, second))
+    assert r1 == r3 and r1.count("\n") >= 2
+
+
+def test_ordered_map_keeps_order_and_bounds_the_look_ahead():
+    import threading
+    import time
+
+    from wristmir_jax.data.builder import ordered_map
+
+    started = []
+    lock = threading.Lock()
+
+    def fn(i):
+        with lock:
+            started.append(i)
+        time.sleep(0.001 * (i % 3))
+        return i * i
+
+    it = ordered_map(fn, list(range(100)), 2)
+    assert [next(it) for _ in range(5)] == [0, 1, 4, 9, 16]
+    time.sleep(0.05)
+    assert len(started) <= 5 + 4 * 2  # never the whole list ahead of the consumer
+    assert list(it) == [i * i for i in range(5, 100)]
+    assert list(ordered_map(fn, [3, 1], 1)) == [9, 1]
+
+
 def test_strict_stops_at_the_first_problem(messy, tmp_path, capsys):
     p, *_ = messy
     out = tmp_path / "strict"

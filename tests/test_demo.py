@@ -68,7 +68,7 @@ def test_interrupted_stage_resumes_and_later_stages_redo(fake):
     # resumed over its partial output (the checkpoint), not wiped: written twice now
     with open(os.path.join(work, "train.written")) as f:
         assert f.read() == "xx"
-    with open(os.path.join(out, "index_test", "embed-test.written")) as f:
+    with open(os.path.join(out, "index_test", "embed.written")) as f:
         assert f.read() == "x"  # a later stage starts from scratch
 
 

@@ -13,6 +13,9 @@ from PIL import Image
 from wristmir_jax.cli.main import main
 from wristmir_jax.schema import REGIONS
 
+# One worker trains the module fixture (~150 s) and runs every test that uses it.
+pytestmark = pytest.mark.xdist_group("localizer")
+
 N_IMAGES = 240
 GEN_SIZE = 160
 IMAGE_SIZE = 128

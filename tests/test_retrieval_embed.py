@@ -108,3 +108,37 @@ def test_embed_search_evaluate(setup, capsys):
     json.dump(fp, open(fp_path, "w"))
     code, _, err = _main(capsys, ["search", "--index", idx_dir, "--image", img])
     assert code == 2 and "another model" in err
+
+
+def test_several_splits_in_one_run_equal_one_run_each(setup, capsys):
+    from wristmir_jax.retrieval.store import load_index
+
+    root, _, data, work = setup
+    one = {}
+    for split in ("train", "test"):
+        one[split] = str(root / f"one_{split}")
+        code, _, err = _main(capsys, ["embed", "--workdir", work, "--data", data, "--split", split,
+                                      "--out", one[split], "--batch-size", "4"])
+        assert code == 0, err
+    pattern = str(root / "both_{split}")
+    code, out, err = _main(capsys, ["embed", "--workdir", work, "--data", data, "--split",
+                                    "train,test", "--out", pattern, "--batch-size", "4"])
+    assert code == 0, err
+    assert out.count("wrote ") == 2
+    for split in ("train", "test"):
+        a, b = load_index(one[split]), load_index(pattern.replace("{split}", split))
+        assert a.fingerprint["split"] == b.fingerprint["split"] == split
+        for key in ("global_img", "region_img", "global_txt", "region_txt", "records", "ids"):
+            np.testing.assert_array_equal(getattr(a.arrays, key), getattr(b.arrays, key), err_msg=key)
+
+    # several splits need {split} in --out; a repeated split is refused; nothing is written
+    for splits, out_dir, needle in (("train,test", str(root / "flat"), "{split}"),
+                                    ("train,train", str(root / "rep_{split}"), "distinct")):
+        code, _, err = _main(capsys, ["embed", "--workdir", work, "--data", data, "--split",
+                                      splits, "--out", out_dir])
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
+        assert not os.path.exists(out_dir.replace("{split}", "train"))
+    # an existing output folder stops the run before any split is written
+    code, _, err = _main(capsys, ["embed", "--workdir", work, "--data", data, "--split",
+                                  "val,train", "--out", str(root / "one_{split}")])
+    assert code == 2 and "one_train" in err and not os.path.exists(root / "one_val")

@@ -29,6 +29,10 @@ def _cfg():
     c.model.text.max_len = 16
     c.model.text.vocab_size = 30522
     c.train.steps = 4
+    # One device and one validation batch: what is tested here does not depend on sharding
+    # (tests/test_train_step.py covers that), and 8 simulated devices on 2 cores cost minutes.
+    c.mesh.data = 1
+    c.data.eval_batches = 1
     return resolve_config(c)
 
 

@@ -31,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ArrayRecord shards per split (default: chosen from the data size)")
     p.add_argument("--strict", action="store_true", help="stop (exit 2) at the first bad input")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DATA_DIR")
+    p.add_argument("--workers", type=int, default=2,
+                   help="image loading/cropping threads (the output is the same for any count)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
                       vocab_size=args.vocab_size, num_shards=args.num_shards)
     meta = build_dataset(args.manifest, args.mined, args.boxes, args.out,
                          tokenizer_dir=args.tokenizer, cfg=cfg, strict=args.strict,
-                         overwrite=args.overwrite)
+                         overwrite=args.overwrite, workers=args.workers)
     print(json.dumps({"out": args.out, "splits": meta["splits"], "counts": meta["counts"],
                       "vocab_size": meta["vocab_size"]}, sort_keys=True))
     return 0

@@ -30,7 +30,8 @@ import json
 import math
 import os
 import shutil
-from typing import Any, Iterator
+import threading
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -247,9 +248,11 @@ def join_inputs(manifest: str, mined: str, boxes: str, strict: bool = False
 # ---------------------------------------------------------------------------------------------
 # Per-example processing
 # ---------------------------------------------------------------------------------------------
-def process_example(j: Joined, tokenizer, cfg: BuildConfig) -> dict[str, Any]:
+def process_example(j: Joined, tokenizer, cfg: BuildConfig, tokenizer_lock=None) -> dict[str, Any]:
     """One joined record -> the stored example (features.make_features). Raises UserError
-    (imaging.io.ImageError) when the image cannot be loaded."""
+    (imaging.io.ImageError) when the image cannot be loaded. Pass `tokenizer_lock` when threads
+    share the tokenizer: a fast tokenizer's call sets its padding/truncation state, and
+    concurrent calls fail ("Already borrowed")."""
     from wristmir_jax.imaging.crops import extract_crops
     from wristmir_jax.imaging.io import load_image
     from wristmir_jax.imaging.preprocess import prepare
@@ -275,7 +278,11 @@ def process_example(j: Joined, tokenizer, cfg: BuildConfig) -> dict[str, Any]:
             boxes[i] = [x0 * geo.scale + geo.pad_x, y0 * geo.scale + geo.pad_y,
                         x1 * geo.scale + geo.pad_x, y1 * geo.scale + geo.pad_y]
     texts = [j.captions[k] for k in CAPTION_KEYS]
-    ids, mask = tokenize(tokenizer, texts, cfg.max_len)
+    if tokenizer_lock is None:
+        ids, mask = tokenize(tokenizer, texts, cfg.max_len)
+    else:
+        with tokenizer_lock:
+            ids, mask = tokenize(tokenizer, texts, cfg.max_len)
     age = m.get("age_years")
     return {
         "id": j.id,
@@ -301,6 +308,25 @@ def process_example(j: Joined, tokenizer, cfg: BuildConfig) -> dict[str, Any]:
     }
 
 
+def ordered_map(fn: Callable[[Any], Any], items: Sequence[Any], workers: int) -> Iterator[Any]:
+    """fn over items in order, on `workers` threads with a bounded look-ahead (a few results per
+    thread are held, never the whole split). workers <= 1 runs in the calling thread."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 4 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 @functools.lru_cache(maxsize=None)
 def _make_builder_class():
     """The GeneratorBasedBuilder, defined lazily so importing this module stays cheap."""
@@ -322,8 +348,9 @@ def _make_builder_class():
             return epath.Path(os.path.abspath(__file__))
 
         def __init__(self, *, data_dir: str, splits: dict[str, list[Joined]], tokenizer,
-                     cfg: BuildConfig, on_reject, **kwargs):
+                     cfg: BuildConfig, on_reject, workers: int = 1, **kwargs):
             self._splits = splits
+            self._workers = workers
             self._tokenizer = tokenizer
             self._cfg = cfg
             self._on_reject = on_reject
@@ -343,11 +370,18 @@ def _make_builder_class():
             return {name: self._generate_examples(rows) for name, rows in self._splits.items()}
 
         def _generate_examples(self, rows):
-            for j in track(rows, total=len(rows), desc="build"):
+            lock = threading.Lock()
+
+            def work(j: Joined):
                 try:
-                    ex = process_example(j, self._tokenizer, self._cfg)
+                    return process_example(j, self._tokenizer, self._cfg, lock), None
                 except UserError as e:
-                    self._on_reject(j, e.reason if e.path is None else str(e))
+                    return None, e
+
+            for j, (ex, err) in track(zip(rows, ordered_map(work, rows, self._workers)),
+                                      total=len(rows), desc="build"):
+                if err is not None:
+                    self._on_reject(j, err.reason if err.path is None else str(err))
                     continue
                 yield j.id, ex
 
@@ -359,8 +393,11 @@ def _make_builder_class():
 # ---------------------------------------------------------------------------------------------
 def build_dataset(manifest: str, mined: str, boxes: str, out_dir: str, *,
                   tokenizer_dir: str | None = None, cfg: BuildConfig = BuildConfig(),
-                  strict: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    """Builds DATA_DIR; returns the metadata written to wristmir_meta.json (with counts)."""
+                  strict: bool = False, overwrite: bool = False,
+                  workers: int = 2) -> dict[str, Any]:
+    """Builds DATA_DIR; returns the metadata written to wristmir_meta.json (with counts).
+    `workers` threads load and crop images (PIL and numpy release the GIL; 2 threads build
+    ~1.6x faster on 2 cores); the records are written in input order whatever the count."""
     import tensorflow_datasets as tfds
 
     if cfg.image_size < 8 or cfg.crop_size < 8 or cfg.max_len < 4:
@@ -398,7 +435,7 @@ def build_dataset(manifest: str, mined: str, boxes: str, out_dir: str, *,
 
         tfds_root = os.path.join(tmp, ".tfds")
         builder = _make_builder_class()(data_dir=tfds_root, splits=splits, tokenizer=tok,
-                                        cfg=cfg, on_reject=on_reject)
+                                        cfg=cfg, on_reject=on_reject, workers=workers)
         dl = tfds.download.DownloadConfig(try_download_gcs=False, num_shards=cfg.num_shards)
         try:
             builder.download_and_prepare(download_config=dl)

@@ -266,27 +266,14 @@ def save_localizer(workdir: str, cfg: LocalizerConfig, params, prior=None) -> No
 
 def load_localizer(workdir: str):
     """-> (cfg, params, prior or None); UserError when the workdir holds no trained localizer."""
-    from flax import traverse_util
-    from safetensors.numpy import load_file
-
     from wristmir_jax.imaging.crops import BoxPrior
+    from wristmir_jax.imaging.jsonconfig import load_weights
 
     cpath, ppath = os.path.join(workdir, CONFIG_FILE), os.path.join(workdir, PARAMS_FILE)
     if not (os.path.exists(cpath) and os.path.exists(ppath)):
         raise UserError(f"no trained localizer here (expected {CONFIG_FILE} and {PARAMS_FILE}; "
                         "run `wristmir localize train` first)", path=workdir)
-    try:
-        with open(cpath, encoding="utf-8") as f:
-            cfg = LocalizerConfig.from_dict(json.load(f))
-        flat = load_file(ppath)
-    except Exception as e:
-        raise UserError(f"cannot read the localizer ({str(e)[:160]})", path=workdir) from None
-    params = traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()}, sep="/")
-    expected = init_shapes(cfg)
-    got = {k: tuple(v.shape) for k, v in flat.items()}
-    if got != expected:
-        raise UserError("localizer weights do not match its config (different architecture)",
-                        path=ppath)
+    cfg, params = load_weights(cpath, ppath, LocalizerConfig, init_shapes, "localizer", workdir)
     prior_path = os.path.join(workdir, PRIOR_FILE)
     prior = BoxPrior.load(prior_path) if os.path.exists(prior_path) else None
     return cfg, params, prior

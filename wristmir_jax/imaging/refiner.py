@@ -321,8 +321,7 @@ def remove_refiner(workdir: str) -> None:
 
 def load_refiner(workdir: str):
     """-> (cfg, params), or None when the workdir holds no refiner (older workdirs)."""
-    from flax import traverse_util
-    from safetensors.numpy import load_file
+    from wristmir_jax.imaging.jsonconfig import load_weights
 
     cpath = os.path.join(workdir, REFINER_CONFIG_FILE)
     ppath = os.path.join(workdir, REFINER_PARAMS_FILE)
@@ -332,18 +331,7 @@ def load_refiner(workdir: str):
     if not all(have):
         raise UserError(f"incomplete refiner (need both {REFINER_CONFIG_FILE} and "
                         f"{REFINER_PARAMS_FILE}; retrain or delete the one present)", path=workdir)
-    try:
-        with open(cpath, encoding="utf-8") as f:
-            cfg = RefinerConfig.from_dict(json.load(f))
-        flat = load_file(ppath)
-    except Exception as e:
-        raise UserError(f"cannot read the refiner ({str(e)[:160]})", path=workdir) from None
-    cfg.check()
-    if {k: tuple(v.shape) for k, v in flat.items()} != init_shapes(cfg):
-        raise UserError("refiner weights do not match its config (different architecture)",
-                        path=ppath)
-    params = traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()}, sep="/")
-    return cfg, params
+    return load_weights(cpath, ppath, RefinerConfig, init_shapes, "refiner", workdir)
 
 
 # ---------------------------------------------------------------------------------------------

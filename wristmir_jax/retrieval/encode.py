@@ -80,37 +80,66 @@ def embed_split(workdir: str, data_dir: str, split: str, out_dir: str, *, dtype:
                 scann_params: dict[str, Any] | None = None) -> dict | None:
     """Encodes every example of `split` and writes INDEX_DIR; returns the fingerprint (process
     0; None on other processes)."""
-    import jax
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    return embed_splits(workdir, data_dir, {split: out_dir}, dtype=dtype, batch_size=batch_size,
+                        overwrite=overwrite, build_scann=build_scann,
+                        scann_params=scann_params)[split]
 
-    from wristmir_jax.data.features import to_training_example
-    from wristmir_jax.data.pipeline import process_slice
-    from wristmir_jax.data.source import DatasetSource
+
+def embed_splits(workdir: str, data_dir: str, outputs: dict[str, str], *, dtype: str = "float16",
+                 batch_size: int = 64, overwrite: bool = False, build_scann: bool | None = None,
+                 scann_params: dict[str, Any] | None = None) -> dict[str, dict | None]:
+    """`embed_split` for several splits ({split: INDEX_DIR}) with one model restore and one
+    compiled encoder. Every output folder is checked before anything is encoded."""
     from wristmir_jax.train.checkpoint import params_sha256, restore_for_inference
 
     if dtype not in store.EMBEDDING_DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(store.EMBEDDING_DTYPES)}")
     if batch_size <= 0:
         raise UserError(f"--batch-size must be positive, got {batch_size}")
-    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
-        raise UserError("directory exists and is not empty (pass --overwrite to replace it)", path=out_dir)
+    if not outputs:
+        raise UserError("no split to embed")
+    if len(set(map(os.path.abspath, outputs.values()))) < len(outputs):
+        raise UserError("each split needs its own output folder")
+    for out_dir in outputs.values():
+        if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
+            raise UserError("directory exists and is not empty (pass --overwrite to replace it)",
+                            path=out_dir)
     model, params, cfg = restore_for_inference(workdir)
     sha = params_sha256(params)
+    fn, params, mesh = make_encode_fn(model, params)
+    text_cache = None
+    if model.text_frozen:  # a frozen text tower runs once per distinct caption
+        from wristmir_jax.models.text_cache import TextFeatureCache
+
+        text_cache = TextFeatureCache(model, params)
+    return {split: _embed_one(fn, params, mesh, text_cache, sha, cfg, workdir, data_dir,
+                              split, out_dir, dtype=dtype, batch_size=batch_size,
+                              overwrite=overwrite, build_scann=build_scann,
+                              scann_params=scann_params)
+            for split, out_dir in outputs.items()}
+
+
+def _embed_one(fn, params, mesh, text_cache, sha, cfg, workdir, data_dir, split, out_dir, *,
+               dtype, batch_size, overwrite, build_scann, scann_params) -> dict | None:
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from wristmir_jax.data.features import to_training_example
+    from wristmir_jax.data.pipeline import process_slice
+    from wristmir_jax.data.source import DatasetSource
+
     src = DatasetSource(data_dir, split)
     n = len(src)
     if n == 0:
         raise UserError(f"split {split!r} is empty", path=data_dir)
     start, end = process_slice(n, jax.process_index(), jax.process_count(), drop_remainder=False)
-    fn, params, mesh = make_encode_fn(model, params)
     n_dev = mesh.devices.size
     bs = -(-batch_size // n_dev) * n_dev  # a multiple of the local devices
     shard = NamedSharding(mesh, P("data"))
 
-    text_cache = None
-    if model.text_frozen:  # a frozen text tower runs once per distinct caption
-        from wristmir_jax.models.text_cache import PREFILL_MAX_EXAMPLES, TextFeatureCache, caption_arrays
+    if text_cache is not None:
+        from wristmir_jax.models.text_cache import PREFILL_MAX_EXAMPLES, caption_arrays
 
-        text_cache = TextFeatureCache(model, params)
         if end - start <= PREFILL_MAX_EXAMPLES:  # the fewest tower calls; else filled per batch
             text_cache.prefill(caption_arrays(src, start, end))
     parts: dict[str, list] = {k: [] for k in EMBED_KEYS + ("crop_mask", "ids", "patients", "records",
