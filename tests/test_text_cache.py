@@ -106,6 +106,17 @@ def test_prefill_from_a_split_then_batches_only_look_up(setup):
     for k in ("global_text_feat", "region_text_feat"):
         np.testing.assert_allclose(with_feat[k], lazy[k], atol=1e-6)
 
+    # prefill_split: only sources with stored records (built splits), within the size limit
+    class Stored(list):
+        def stored(self, i):
+            return self[i]
+
+    split_cache = TextFeatureCache(model, params, chunk=4)
+    assert not split_cache.prefill_split(examples) and split_cache.computed == 0
+    assert not split_cache.prefill_split(Stored(examples), 1, 1) and split_cache.computed == 0
+    assert split_cache.prefill_split(Stored(examples), 0, 2) and split_cache.computed > 0
+    assert split_cache.prefill_split(Stored(examples)) and split_cache.computed == 7
+
 
 def test_frozen_text_training_keeps_text_weights_and_trains_the_projection(setup, tmp_path):
     from wristmir_jax.train.checkpoint import restore_for_inference

@@ -22,6 +22,7 @@ patient, not the identifier itself).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -278,11 +279,8 @@ def process_example(j: Joined, tokenizer, cfg: BuildConfig, tokenizer_lock=None)
             boxes[i] = [x0 * geo.scale + geo.pad_x, y0 * geo.scale + geo.pad_y,
                         x1 * geo.scale + geo.pad_x, y1 * geo.scale + geo.pad_y]
     texts = [j.captions[k] for k in CAPTION_KEYS]
-    if tokenizer_lock is None:
+    with tokenizer_lock or contextlib.nullcontext():
         ids, mask = tokenize(tokenizer, texts, cfg.max_len)
-    else:
-        with tokenizer_lock:
-            ids, mask = tokenize(tokenizer, texts, cfg.max_len)
     age = m.get("age_years")
     return {
         "id": j.id,

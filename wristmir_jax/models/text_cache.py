@@ -107,14 +107,28 @@ class TextFeatureCache:
         return np.stack([self._table[k] for k, _, _ in items]) if items else np.zeros((0, 0), np.float32)
 
     def attach(self, batch: dict) -> dict:
-        """A copy of a host batch with `global_text_feat` and `region_text_feat` added."""
+        """A copy of a host batch with `global_text_feat` and `region_text_feat` added (each
+        caption's key is built once; new captions of all bones share the tower's chunks)."""
         out = dict(batch)
-        self.prefill(batch)  # one pass over the batch's new captions, bones mixed in chunks
-        out["global_text_feat"] = self.features(batch["global_tokens"], batch["global_mask"])
+        glob = self._items(np.asarray(batch["global_tokens"]), np.asarray(batch["global_mask"]), -1)
         rt, rm = np.asarray(batch["region_tokens"]), np.asarray(batch["region_mask"])
+        reg = [self._items(rt[:, r], rm[:, r], r) for r in range(NUM_REGIONS)]
+        self._fill(glob + [it for items in reg for it in items])
+        out["global_text_feat"] = np.stack([self._table[k] for k, _, _ in glob])
         out["region_text_feat"] = np.stack(
-            [self.features(rt[:, r], rm[:, r], region=r) for r in range(NUM_REGIONS)], axis=1)
+            [np.stack([self._table[k] for k, _, _ in items]) for items in reg], axis=1)
         return out
+
+    def prefill_split(self, source: Any, start: int = 0, stop: int | None = None) -> bool:
+        """`prefill` with the captions of stored examples [start, stop) of a built split (a
+        source with `stored`), when it has at most PREFILL_MAX_EXAMPLES of them; other sources
+        (in-memory synthetic ones, whose reading renders images) and larger slices fill the
+        cache lazily from the batches. Returns whether it prefilled."""
+        stop = len(source) if stop is None else stop
+        if not hasattr(source, "stored") or not 0 < stop - start <= PREFILL_MAX_EXAMPLES:
+            return False
+        self.prefill(caption_arrays(source, start, stop))
+        return True
 
 
 CAPTION_KEYS = ("global_tokens", "global_mask", "region_tokens", "region_mask")

@@ -137,11 +137,8 @@ def _embed_one(fn, params, mesh, text_cache, sha, cfg, workdir, data_dir, split,
     bs = -(-batch_size // n_dev) * n_dev  # a multiple of the local devices
     shard = NamedSharding(mesh, P("data"))
 
-    if text_cache is not None:
-        from wristmir_jax.models.text_cache import PREFILL_MAX_EXAMPLES, caption_arrays
-
-        if end - start <= PREFILL_MAX_EXAMPLES:  # the fewest tower calls; else filled per batch
-            text_cache.prefill(caption_arrays(src, start, end))
+    if text_cache is not None:  # the fewest tower calls; very large slices fill per batch
+        text_cache.prefill_split(src, start, end)
     parts: dict[str, list] = {k: [] for k in EMBED_KEYS + ("crop_mask", "ids", "patients", "records",
                                                           "boxes", "images")}
     t0 = time.perf_counter()

@@ -65,14 +65,10 @@ def resolve_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def _prefill_text(cache, sources) -> None:
     """Encodes the distinct captions of built splits before the loop, so the frozen text tower
-    never runs between train steps; larger splits (text_cache.PREFILL_MAX_EXAMPLES), and
-    in-memory synthetic ones (reading renders the images), fill the cache lazily."""
-    from wristmir_jax.models.text_cache import PREFILL_MAX_EXAMPLES, caption_arrays
-
+    never runs between train steps (TextFeatureCache.prefill_split says which splits)."""
     t0 = time.time()
     for src in sources:
-        if hasattr(src, "stored") and 0 < len(src) <= PREFILL_MAX_EXAMPLES:
-            cache.prefill(caption_arrays(src))
+        cache.prefill_split(src)
     if cache.computed:
         log.info("text features of %d distinct captions in %d tower calls (%.1fs)", cache.computed,
                  cache.chunks, time.time() - t0)
