@@ -33,6 +33,7 @@ import numpy as np
 
 from wristmir_jax.errors import UserError
 from wristmir_jax.imaging.jsonconfig import JsonConfig
+from wristmir_jax.models.conv import Conv
 from wristmir_jax.schema import NUM_REGIONS, REGIONS
 
 CONFIG_FILE = "localizer_config.json"
@@ -65,7 +66,7 @@ class ConvNormAct(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = nn.Conv(self.features, (3, 3), strides=self.strides, padding="SAME", use_bias=False)(x)
+        x = Conv(self.features, (3, 3), strides=self.strides, padding="SAME", use_bias=False)(x)
         x = nn.GroupNorm(num_groups=max(1, min(8, self.features // 8)))(x)
         return nn.relu(x)
 
@@ -90,20 +91,20 @@ class BoneLocalizer(nn.Module):
     def __call__(self, x):
         x = x * 2.0 - 1.0
         w4, w8, w16, w32 = self.widths
-        c4 = nn.Conv(w4, (4, 4), strides=4, padding="VALID")(x)
+        c4 = Conv(w4, (4, 4), strides=4, padding="VALID")(x)
         c4 = ConvNormAct(w4)(nn.relu(c4))
         c8 = ConvNormAct(w8)(ConvNormAct(w8, 2)(c4))
         c16 = ConvNormAct(w16)(ConvNormAct(w16, 2)(c8))
         c32 = ConvNormAct(w32)(ConvNormAct(w32, 2)(c16))
         hw, fw = self.head_width, self.fine_width
         # Top-down path: global context (which bone is which) brought down to stride 8, then 4.
-        p = nn.Conv(hw, (1, 1))(c32)
-        p = ConvNormAct(hw)(_up2(p) + nn.Conv(hw, (1, 1))(c16))
-        p = ConvNormAct(hw)(_up2(p) + nn.Conv(hw, (1, 1))(c8))
-        h = ConvNormAct(fw)(_up2(nn.Conv(fw, (1, 1))(p)) + nn.Conv(fw, (1, 1))(c4))
+        p = Conv(hw, (1, 1))(c32)
+        p = ConvNormAct(hw)(_up2(p) + Conv(hw, (1, 1))(c16))
+        p = ConvNormAct(hw)(_up2(p) + Conv(hw, (1, 1))(c8))
+        h = ConvNormAct(fw)(_up2(Conv(fw, (1, 1))(p)) + Conv(fw, (1, 1))(c4))
         # Focal-loss prior: start at ~1% foreground so the loss is stable from step 0.
-        heat = nn.Conv(NUM_REGIONS, (1, 1), bias_init=nn.initializers.constant(-math.log(99.0)))(h)
-        reg = nn.Conv(NUM_REGIONS * 4, (1, 1), kernel_init=nn.initializers.normal(0.01))(h)
+        heat = Conv(NUM_REGIONS, (1, 1), bias_init=nn.initializers.constant(-math.log(99.0)))(h)
+        reg = Conv(NUM_REGIONS * 4, (1, 1), kernel_init=nn.initializers.normal(0.01))(h)
         b, g = reg.shape[0], reg.shape[1]
         return heat, reg.reshape(b, g, g, NUM_REGIONS, 4)
 

@@ -48,6 +48,7 @@ from wristmir_jax.errors import UserError
 from wristmir_jax.imaging.jsonconfig import JsonConfig
 from wristmir_jax.imaging.crops import MIN_CROP_SIDE, crop_square
 from wristmir_jax.imaging.localizer import ConvNormAct, _up2, giou
+from wristmir_jax.models.conv import Conv
 from wristmir_jax.schema import NUM_REGIONS, REGIONS
 
 REFINER_CONFIG_FILE = "refiner_config.json"
@@ -144,8 +145,8 @@ class ConvAct(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = nn.Conv(self.features, (3, 3), strides=self.strides, padding="SAME",
-                    kernel_init=nn.initializers.he_normal())(x)
+        x = Conv(self.features, (3, 3), strides=self.strides, padding="SAME",
+                 kernel_init=nn.initializers.he_normal())(x)
         return nn.relu(x)
 
 
@@ -177,13 +178,13 @@ class BoxRefinerNet(nn.Module):
         c8 = block(w8)(block(w8, 2)(c4))
         c16 = block(w16)(block(w16, 2)(c8))
         hw = self.head_width
-        p = nn.Conv(hw, (1, 1))(c16)
-        p = block(hw)(_up2(p) + nn.Conv(hw, (1, 1))(c8))
-        p = block(hw)(_up2(p) + nn.Conv(hw, (1, 1))(c4))
+        p = Conv(hw, (1, 1))(c16)
+        p = block(hw)(_up2(p) + Conv(hw, (1, 1))(c8))
+        p = block(hw)(_up2(p) + Conv(hw, (1, 1))(c4))
         if self.head_stride == 2:
-            p = block(hw)(_up2(p) + nn.Conv(hw, (1, 1))(c2))
-        heat = nn.Conv(1, (1, 1), kernel_init=nn.initializers.zeros)(p)[..., 0]
-        reg = nn.Conv(4, (1, 1), kernel_init=nn.initializers.normal(0.01))(p)
+            p = block(hw)(_up2(p) + Conv(hw, (1, 1))(c2))
+        heat = Conv(1, (1, 1), kernel_init=nn.initializers.zeros)(p)[..., 0]
+        reg = Conv(4, (1, 1), kernel_init=nn.initializers.normal(0.01))(p)
         return heat, reg
 
 

@@ -27,6 +27,7 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
+from wristmir_jax.models.conv import Conv
 from wristmir_jax.models.layers import Dtype, logical
 
 
@@ -53,10 +54,10 @@ class ResNetSpec:
 
 
 def _conv(features, kernel, stride, dtype, name):
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
-                   use_bias=False, dtype=dtype, param_dtype=jnp.float32,
-                   kernel_init=logical(nn.initializers.he_normal(),
-                                       (None, None, "conv_in", "conv_out")), name=name)
+    return Conv(features, (kernel, kernel), strides=(stride, stride), padding="SAME",
+                use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+                kernel_init=logical(nn.initializers.he_normal(),
+                                    (None, None, "conv_in", "conv_out")), name=name)
 
 
 def _norm(ch, groups, dtype, name, zero=False):
