@@ -1,5 +1,5 @@
 """The demo: global + local encoders on the built synthetic dataset (~1400 training images,
-128 px images, 64 px crops), 11-15 minutes on 2 CPU cores (it depends on the CPU).
+128 px images, 64 px crops), 10-15 minutes on 2 CPU cores (it depends on the CPU).
 
 Image towers: small GroupNorm ResNets; the bone-crop tower max-pools its last feature map,
 standardises each crop (a fracture is a few cells of the map: a mean dilutes it) and is

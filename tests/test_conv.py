@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from wristmir_jax.models.conv import Conv, conv_general_dilated
+from wristmir_jax.models.conv import Conv, conv_general_dilated, max_pool
 
 DIMS = ("NHWC", "HWIO", "NHWC")
 
@@ -52,3 +52,20 @@ def test_cpu_uses_the_custom_gradient_and_flax_params_are_unchanged():
     dil = Conv(4, (3, 3), kernel_dilation=2, padding="SAME")
     jaxpr = str(jax.make_jaxpr(lambda p: dil.apply(p, x))(dil.init(jax.random.PRNGKey(0), x)))
     assert "custom_vjp_call" not in jaxpr
+
+
+@pytest.mark.parametrize("shape,window,strides,padding", [
+    ((2, 9, 9, 3), (3, 3), (2, 2), "SAME"),
+    ((2, 8, 7, 2), (3, 3), (2, 2), "VALID"),
+    ((1, 6, 6, 1), (2, 2), (1, 1), ((1, 0), (0, 1))),
+])
+def test_max_pool_matches_flax_value_and_gradient(shape, window, strides, padding):
+    # Distinct values: no ties, so select-and-scatter and the elementwise maximum agree exactly.
+    x = jnp.asarray(np.random.default_rng(1).permutation(np.prod(shape)).reshape(shape), jnp.float32)
+    ref = nn.max_pool(x, window, strides=strides, padding=padding)
+    np.testing.assert_array_equal(max_pool(x, window, strides, padding), ref)
+    g_ref = jax.grad(lambda x: jnp.sum(jnp.sin(nn.max_pool(x, window, strides, padding))))(x)
+    g = jax.grad(lambda x: jnp.sum(jnp.sin(max_pool(x, window, strides, padding))))(x)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-6, atol=1e-6)
+    assert "select_and_scatter" not in str(jax.make_jaxpr(
+        jax.grad(lambda x: jnp.sum(max_pool(x, window, strides, padding))))(x))

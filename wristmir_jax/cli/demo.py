@@ -21,7 +21,8 @@ import time
 from wristmir_jax.errors import UserError
 from wristmir_jax.utils.fs import atomic_write
 
-# Sizes: the full demo takes ~24 min on 2 CPU cores (target 25), --quick ~4.5-4.9 min (target 5).
+# Sizes: the full demo takes 19-32 min on 2 CPU cores, by the CPU (target 25), --quick ~4.5-4.9 min
+# (target 5).
 # The bone crops come from the original 512 px image, so 64 px crops keep the fracture detail while
 # the 128 px global image (like a thumbnail) does not: the point of the region stage.
 # The captions are tokenised for the packaged all-MiniLM-L6-v2 text tower cpu_demo uses (frozen).

@@ -1,4 +1,4 @@
-"""2-D convolution with a matmul weight gradient, for XLA:CPU.
+"""CPU-fast gradients for the image towers' convolutions and max-pooling (XLA:CPU).
 
 On some CPUs XLA:CPU computes a convolution's weight gradient (a convolution over the batch and
 spatial axes with a tiny output) at a few GFLOP/s while the forward pass and the input gradient
@@ -13,7 +13,14 @@ input gradient are XLA's own, and its weight gradient is one matmul per kernel t
 
 It is used on the CPU backend only (`jax.default_backend() == "cpu"` when the model is traced):
 GPU and TPU convolution gradients are fast as they are. Cases it does not cover (dilation,
-grouped convolutions, layouts other than NHWC/HWIO) fall back to XLA's path.
+grouped convolutions, layouts other than NHWC/HWIO) fall back to XLA's path. On a VM whose XLA
+weight gradient is not slow (2026-12-03: 294 ms for the layer above) the matmuls still cost no
+more in the whole step (cpu_demo 0.75 s with them, 0.83 s with XLA's), although XLA's is faster
+for some layers timed alone; choosing per layer from such timings (tried) did not speed the step
+and added ~10 s of timing to each compilation, so the matmul path is used for every shape.
+
+`max_pool` does the same for the ResNet stem's 3x3/2 max-pool, whose XLA:CPU gradient
+(select-and-scatter) is the slow part.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ def _forward(x, w, strides, pads, precision):
                                     precision=precision)
 
 
-def weight_grad(x, dy, kernel_hw, strides, pads):
+def weight_grad(x, dy, kernel_hw, strides, pads, precision=None):
     """dL/dW of a NHWC/HWIO convolution (no dilation, one group) as one matmul per kernel tap."""
     kh, kw = kernel_hw
     (plo_h, phi_h), (plo_w, phi_w) = pads
@@ -58,7 +65,7 @@ def weight_grad(x, dy, kernel_hw, strides, pads):
         for j in range(kw):
             xs = lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, ci),
                            (1, sh, sw, 1))
-            row.append(jnp.dot(xs.reshape(n * ho * wo, ci).T, g,
+            row.append(jnp.dot(xs.reshape(n * ho * wo, ci).T, g, precision=precision,
                                preferred_element_type=jnp.float32))
         taps.append(jnp.stack(row))
     return jnp.stack(taps)
@@ -77,7 +84,7 @@ def _conv_bwd(strides, pads, precision, res, dy):
     x, w = res
     _, input_vjp = jax.vjp(lambda x_: _forward(x_, w, strides, pads, precision), x)
     (dx,) = input_vjp(dy)
-    dw = weight_grad(x, dy, w.shape[:2], strides, pads).astype(w.dtype)
+    dw = weight_grad(x, dy, w.shape[:2], strides, pads, precision).astype(w.dtype)
     return dx, dw
 
 
@@ -112,3 +119,32 @@ def Conv(*args, **kwargs):  # noqa: N802 (a drop-in for the flax.linen.Conv clas
     """`flax.linen.Conv` with this module's convolution (same parameters and auto-names)."""
     kwargs.setdefault("conv_general_dilated", conv_general_dilated)
     return nn.Conv(*args, **kwargs)
+
+
+def max_pool(x, window: tuple[int, int], strides: tuple[int, int], padding="VALID"):
+    """`flax.linen.max_pool` on NHWC; on the CPU backend, a maximum over shifted strided slices.
+
+    XLA:CPU's gradient of a windowed max (select-and-scatter) is slow: for the 3x3/2 pool of the
+    cpu_demo image tower (32 x 64 x 64 x 24), 95 ms against 12 ms for this form's gradient. The
+    maximum of the window's kh * kw shifted slices has the same value and an elementwise
+    gradient (a tie shares its gradient equally between the tied inputs instead of sending it all
+    to one of them).
+    """
+    if jax.default_backend() != "cpu" or x.ndim != 4:
+        return nn.max_pool(x, window, strides=strides, padding=padding)
+    kh, kw = window
+    sh, sw = strides
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(x.shape[1:3], window, strides, padding)
+    (plo_h, phi_h), (plo_w, phi_w) = padding
+    xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype),
+                 ((0, 0, 0), (plo_h, phi_h, 0), (plo_w, phi_w, 0), (0, 0, 0)))
+    n, hp, wp, c = xp.shape
+    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            xs = lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
+                           (1, sh, sw, 1))
+            out = xs if out is None else jnp.maximum(out, xs)
+    return out

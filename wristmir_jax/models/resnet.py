@@ -27,7 +27,7 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
-from wristmir_jax.models.conv import Conv
+from wristmir_jax.models.conv import Conv, max_pool
 from wristmir_jax.models.layers import Dtype, logical
 
 
@@ -122,7 +122,7 @@ class ResNet(nn.Module):
             raise ValueError(f"resnet stem_stride must be 1, 2 or 4, got {s.stem_stride}")
         x = nn.relu(_norm(s.widths[0], s.groups, s.dtype, "stem_norm")(x))
         if s.stem_stride == 4:
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+            x = max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
         block = nn.remat(BasicBlock) if s.remat else BasicBlock
         for i, (n, w) in enumerate(zip(s.stages, s.widths)):
             for j in range(n):
