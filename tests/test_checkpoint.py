@@ -115,6 +115,26 @@ def test_nonfinite_steps_skipped_counted_and_stop(tmp_path):
     assert ckpt.params_sha256(p2) == summary["params_sha256"]  # skipped steps changed nothing
 
 
+@pytest.mark.slow
+def test_ema_checkpoint_holds_both_and_inference_restores_the_average(tmp_path):
+    import orbax.checkpoint as ocp
+
+    from wristmir_jax.train.state import abstract_train_state
+
+    w = str(tmp_path / "w")
+    s = train(_tiny("--config.train.steps=3", "--config.optim.ema_decay=0.5"), w)
+    _, params, cfg = ckpt.restore_for_inference(w, step="latest")
+    assert ckpt.params_sha256(params) == s["params_sha256"]
+    _, abstract = abstract_train_state(cfg)
+    dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=dev), abstract)
+    m = ckpt.make_manager(w, save_every=1, keep=1, read_only=True)
+    raw = m.restore(3, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+    m.close()
+    assert ckpt.params_sha256(raw["ema_params"]) == s["params_sha256"]
+    assert ckpt.params_sha256(raw["params"]) != s["params_sha256"]
+
+
 def _env(cache):
     env = dict(os.environ)
     env.update(XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",

@@ -35,7 +35,8 @@ def _setup(cfg, mesh, grad_accum=1):
     model = build_model(cfg)
     objective = losses.objective(cfg.loss, mesh=mesh)
     state, shardings, tx, sched, trainable, _ = create_train_state(cfg, model, mesh)
-    fn = make_train_step(model, objective, tx, sched, grad_accum=grad_accum, trainable=trainable)
+    fn = make_train_step(model, objective, tx, sched, grad_accum=grad_accum, trainable=trainable,
+                         ema_decay=cfg.optim.ema_decay)
     return model, objective, state, shardings, fn
 
 
@@ -180,3 +181,37 @@ def test_optimizer_masks_freeze_and_multipliers():
     lr0 = float(sched(0))
     np.testing.assert_allclose(upd["image"]["kernel"], -lr0, rtol=1e-4)
     np.testing.assert_allclose(upd["local"]["kernel"], -0.1 * lr0, rtol=1e-4)
+
+
+def test_ema_params_follow_the_documented_average_and_skip_frozen_leaves():
+    """optim.ema_decay: state["ema_params"] == a numpy running average of the params after each
+    step (decay min(d, (1 + t) / (10 + t))), frozen leaves equal the params, and the params
+    themselves train exactly as without the average."""
+    base = ("--config.optim.freeze=('^text/',)", "--config.optim.warmup_steps=0")
+    cfg = _cfg(*base, "--config.optim.ema_decay=0.6")
+    one = make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
+    batches = [to_global(_batch(cfg, seed=s), one) for s in (1, 2, 3)]
+    _, _, state, shardings, fn = _setup(cfg, one)
+    assert set(shardings) == set(state) and "ema_params" in state
+    step = jax.jit(fn, donate_argnums=(0,))
+    ema = [np.asarray(x, np.float64) for x in jax.tree.leaves(jax.device_get(state["params"]))]
+    for t, b in enumerate(batches):
+        state, _ = step(state, b)
+        d = min(0.6, (1 + t) / (10 + t))
+        params = [np.asarray(x, np.float64) for x in jax.tree.leaves(jax.device_get(state["params"]))]
+        ema = [d * e + (1 - d) * p for e, p in zip(ema, params)]
+    got = jax.device_get(state["ema_params"])
+    for e, g in zip(ema, jax.tree.leaves(got)):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+    flat_p = jax.tree_util.tree_flatten_with_path(jax.device_get(state["params"]))[0]
+    flat_e = jax.tree.leaves(got)
+    frozen = [i for i, (path, _) in enumerate(flat_p) if jax.tree_util.keystr(path).startswith("['text']")]
+    moved = [i for i, (_, p) in enumerate(flat_p) if not np.array_equal(p, flat_e[i])]
+    assert frozen and not set(frozen) & set(moved) and moved  # the average differs where it trains
+    plain_cfg = _cfg(*base)
+    _, _, plain, _, plain_fn = _setup(plain_cfg, one)
+    assert "ema_params" not in plain
+    plain_step = jax.jit(plain_fn, donate_argnums=(0,))
+    for b in batches:
+        plain, _ = plain_step(plain, b)
+    _assert_trees_close(jax.device_get(state["params"]), jax.device_get(plain["params"]))

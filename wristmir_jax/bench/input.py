@@ -100,7 +100,8 @@ def measure_train_step(data_dir: str, steps: int, config: str = DEFAULT_CONFIG) 
     batch = to_global(next(it), mesh)
     b_shard = batch_shardings(batch, mesh)
     step = jax.jit(make_train_step(model, objective, tx, sched,
-                                   grad_accum=int(cfg.train.grad_accum), trainable=trainable),
+                                   grad_accum=int(cfg.train.grad_accum), trainable=trainable,
+                                   ema_decay=float(cfg.optim.ema_decay)),
                    in_shardings=(shardings, b_shard), out_shardings=(shardings, replicated(mesh)),
                    donate_argnums=(0,))
     t0 = time.perf_counter()

@@ -70,7 +70,8 @@ def run(quick: bool = False) -> dict:
         attach = TextFeatureCache(model, state["params"]).attach
     batches = [to_global(attach(next(it)), mesh) for _ in range(2)]
     b_shard = batch_shardings(batches[0], mesh)
-    fn = jax.jit(make_train_step(model, objective, tx, sched, trainable=trainable),
+    fn = jax.jit(make_train_step(model, objective, tx, sched, trainable=trainable,
+                                 ema_decay=float(cfg.optim.ema_decay)),
                  in_shardings=(shardings, b_shard), out_shardings=(shardings, replicated(mesh)),
                  donate_argnums=(0,))
     t0 = time.perf_counter()

@@ -172,7 +172,7 @@ def restore_for_inference(workdir: str, step: int | str | None = "best"):
     (step="best"), else the latest; `step=int` picks one; "latest" the newest. Params only,
     replicated on the default device; the optimizer state is read as abstract shapes and
     dropped."""
-    from wristmir_jax.train.state import abstract_train_state  # avoid a cycle at import
+    from wristmir_jax.train.state import abstract_train_state, inference_params  # (import cycle)
 
     cfg = read_config(workdir)
     manager = make_manager(workdir, save_every=1, keep=1, keep_best=0, async_save=False,
@@ -192,4 +192,4 @@ def restore_for_inference(workdir: str, step: int | str | None = "best"):
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=dev), abstract)
     out = manager.restore(int(step), args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
     manager.close()
-    return model, out["state"]["params"], cfg
+    return model, inference_params(out["state"]), cfg

@@ -19,7 +19,10 @@ Sections (every field can be overridden: `--config.optim.lr=3e-4`):
   loss.terms / loss.params term name -> weight, term name -> its parameters (losses.objective)
   optim.*                  lr, warmup_steps, end_lr_factor (cosine floor), b1, b2, eps,
                            weight_decay, clip_norm, no_decay (regexes), lr_multipliers
-                           ((regex, multiplier), ...; 0 freezes), freeze (regexes)
+                           ((regex, multiplier), ...; 0 freezes), freeze (regexes),
+                           ema_decay (> 0 keeps an exponential moving average of the trainable
+                           params in state["ema_params"]; validation, the best checkpoint and
+                           inference then use it)
   train.steps, log_every, eval_every, checkpoint_every, keep (last N), keep_best (best N by val
                            loss), grad_accum, max_consecutive_nonfinite, async_checkpoint,
                            inject_nonfinite_steps (fault injection for tests: these steps get
@@ -72,6 +75,7 @@ def base_config(model: str) -> ml_collections.ConfigDict:
                         r"log_scale", r"logit")
     c.optim.lr_multipliers = ()
     c.optim.freeze = ()
+    c.optim.ema_decay = 0.0
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 1000

@@ -54,10 +54,22 @@ def _abstract_params(model, model_cfg, rng) -> tuple[Any, Any]:
     return shapes, holder["axes"]
 
 
-def _state_from(params, opt_state, rng) -> dict:
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state,
-            "rng": rng, "nonfinite_run": jnp.zeros((), jnp.int32),
-            "nonfinite_total": jnp.zeros((), jnp.int32)}
+def _state_from(params, opt_state, rng, ema_params=None) -> dict:
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state,
+             "rng": rng, "nonfinite_run": jnp.zeros((), jnp.int32),
+             "nonfinite_total": jnp.zeros((), jnp.int32)}
+    if ema_params is not None:
+        state["ema_params"] = ema_params
+    return state
+
+
+def uses_ema(cfg: ml_collections.ConfigDict) -> bool:
+    return float(cfg.optim.get("ema_decay", 0.0)) > 0.0
+
+
+def inference_params(state: dict):
+    """The params validation and inference use: the moving average when the state keeps one."""
+    return state.get("ema_params", state["params"])
 
 
 def _with_pretrained(params: Any, model_cfg: ml_collections.ConfigDict, p_shard: Any) -> Any:
@@ -101,10 +113,16 @@ def create_train_state(cfg: ml_collections.ConfigDict, model: Any, mesh: Mesh):
     o_shard = sharding.follow_params(opt_abstract, abstract, p_shard, mesh)
     opt_state = jax.jit(tx.init, out_shardings=o_shard)(params)
     rep = NamedSharding(mesh, P())
-    state = _state_from(params, opt_state, jax.device_put(state_key, rep))
-    state = {k: (v if k in ("params", "opt_state") else jax.device_put(v, rep)) for k, v in state.items()}
+    # The average starts at the initial params, in its own buffers (the step donates the state).
+    ema = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=p_shard)(params) \
+        if uses_ema(cfg) else None
+    state = _state_from(params, opt_state, jax.device_put(state_key, rep), ema)
+    sharded = ("params", "opt_state", "ema_params")
+    state = {k: (v if k in sharded else jax.device_put(v, rep)) for k, v in state.items()}
     shardings = {"step": rep, "params": p_shard, "opt_state": o_shard, "rng": rep,
                  "nonfinite_run": rep, "nonfinite_total": rep}
+    if ema is not None:
+        shardings["ema_params"] = p_shard
     trainable = optim.trainable_mask(cfg.optim, abstract)
     return state, shardings, tx, sched, trainable, axes
 
@@ -117,7 +135,9 @@ def abstract_train_state(cfg: ml_collections.ConfigDict):
     abstract, _ = _abstract_params(model, cfg.model, init_key)
     tx, _ = optim.make_optimizer(cfg.optim, abstract, int(cfg.train.steps))
     opt_abstract = jax.eval_shape(tx.init, abstract)
-    state = jax.eval_shape(lambda p, o, k: _state_from(p, o, k), abstract, opt_abstract, state_key)
+    ema = abstract if uses_ema(cfg) else None
+    state = jax.eval_shape(lambda p, o, k, e: _state_from(p, o, k, e), abstract, opt_abstract,
+                           state_key, ema)
     return model, state
 
 

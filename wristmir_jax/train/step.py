@@ -8,6 +8,8 @@ The state is a dict pytree:
                    same dropout masks as an uninterrupted one
   nonfinite_run    consecutive skipped (non-finite) steps; the trainer stops at a config limit
   nonfinite_total  all skipped steps
+  ema_params       (only with optim.ema_decay > 0) the moving average of params that
+                   validation, the best checkpoint and inference use
 
 Gradient accumulation (grad_accum = k > 1) is exact for contrastive losses, GradCache style
 (Gao et al. 2021): (1) embed all k micro-batches without gradients, (2) compute the full-batch
@@ -108,10 +110,13 @@ def _temperatures(emb: dict) -> dict:
 
 def make_train_step(model: Any, objective: Callable, tx: optax.GradientTransformation,
                     lr_schedule: Callable, *, grad_accum: int = 1,
-                    trainable: Any = None) -> Callable:
+                    trainable: Any = None, ema_decay: float = 0.0) -> Callable:
     """The pure step. `trainable` (a bool pytree like params) restricts the reported gradient
-    norm to parameters that train."""
+    norm to parameters that train. A state with "ema_params" (optim.ema_decay > 0) also updates
+    that average: decay min(ema_decay, (1 + t) / (10 + t)) at update t, so the first updates are
+    not dominated by the initial params; frozen leaves are copied."""
     k = int(grad_accum)
+    ema_decay = float(ema_decay)
 
     def encode(params, batch, rng):
         return model.encode(params, batch, train=True, rng=rng)
@@ -145,6 +150,16 @@ def make_train_step(model: Any, objective: Callable, tx: optax.GradientTransform
             "nonfinite_run": jnp.where(ok, 0, state["nonfinite_run"] + 1).astype(jnp.int32),
             "nonfinite_total": (state["nonfinite_total"] + (~ok).astype(jnp.int32)).astype(jnp.int32),
         }
+        if "ema_params" in state:
+            if ema_decay <= 0.0:
+                raise ValueError("the state keeps ema_params: pass ema_decay > 0 (optim.ema_decay)")
+            t = count.astype(jnp.float32)
+            d = jnp.minimum(ema_decay, (1.0 + t) / (10.0 + t))
+            ema = jax.tree.map(lambda e, p: (e * d + p * (1.0 - d)).astype(e.dtype),
+                               state["ema_params"], new_params)
+            if trainable is not None:
+                ema = jax.tree.map(lambda e, p, tr: e if tr else p, ema, new_params, trainable)
+            new_state["ema_params"] = keep(ema, state["ema_params"])
         metrics = {"loss": loss.astype(jnp.float32), "grad_norm": grad_norm.astype(jnp.float32),
                    "lr": jnp.asarray(lr_schedule(count), jnp.float32),
                    "finite": ok.astype(jnp.int32), "nonfinite_total": new_state["nonfinite_total"],

@@ -25,7 +25,8 @@ from wristmir_jax.train.distributed import is_primary
 from wristmir_jax.train.inputs import SourceBatches, to_global
 from wristmir_jax.train.mesh import data_parallel_size, make_mesh, replicated
 from wristmir_jax.train.metrics_log import MetricsLogger
-from wristmir_jax.train.state import batch_shardings, build_model, create_train_state
+from wristmir_jax.train.state import (batch_shardings, build_model, create_train_state,
+                                      inference_params)
 from wristmir_jax.train.step import make_eval_step, make_train_step
 from wristmir_jax.utils.fs import atomic_write, read_json_or_none
 from wristmir_jax.utils.log import get_logger
@@ -185,7 +186,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     probe_global = to_global(probe, mesh)
     b_shard = batch_shardings(probe_global, mesh)
     step_fn = jax.jit(make_train_step(model, objective, tx, sched,
-                                      grad_accum=int(cfg.train.grad_accum), trainable=trainable),
+                                      grad_accum=int(cfg.train.grad_accum), trainable=trainable,
+                                      ema_decay=float(cfg.optim.ema_decay)),
                       in_shardings=(shardings, b_shard), out_shardings=(shardings, replicated(mesh)),
                       donate_argnums=(0,))
     abstract_state = ckpt.abstract_like(state, shardings)
@@ -245,7 +247,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                 logger.write(s, m)
             val_metrics = None
             if (cfg.train.eval_every and s % int(cfg.train.eval_every) == 0) or s == total:
-                last_val = evaluate(state["params"])
+                last_val = evaluate(inference_params(state))
                 val_metrics = {"val_loss": last_val["loss"]}
                 logger.write(s, last_val, split="val")
                 if primary and (not best or last_val["loss"] < best["val_loss"]):
@@ -265,7 +267,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     # --- summary -----------------------------------------------------------------------------
     final_step = int(_host(state["step"]))
     summary = {"status": "stopped_nonfinite" if stop else "completed", "step": final_step, "metrics": last, "val": last_val,
-               "best": best, "params_sha256": ckpt.params_sha256(state["params"]),
+               "best": best, "params_sha256": ckpt.params_sha256(inference_params(state)),
                "num_params": n_params, "nonfinite_total": int(_host(state["nonfinite_total"])),
                "global_batch_size": gbs, "devices": mesh.size, "processes": jax.process_count(),
                "wall_s": round(time.time() - t_start, 2)}
