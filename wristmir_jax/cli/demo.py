@@ -21,7 +21,7 @@ import time
 from wristmir_jax.errors import UserError
 from wristmir_jax.utils.fs import atomic_write
 
-# Sizes: the full demo takes 19-32 min on 2 CPU cores, by the CPU (target 25), --quick ~4.5-4.9 min
+# Sizes: the full demo takes 19-32 min on 2 CPU cores, by the CPU (target 25), --quick 3-5 min
 # (target 5).
 # The bone crops come from the original 512 px image, so 64 px crops keep the fracture detail while
 # the 128 px global image (like a thumbnail) does not: the point of the region stage.

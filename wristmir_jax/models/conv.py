@@ -25,6 +25,7 @@ and added ~10 s of timing to each compilation, so the matmul path is used for ev
 
 from __future__ import annotations
 
+import functools
 from functools import partial
 
 import flax.linen as nn
@@ -48,27 +49,29 @@ def _forward(x, w, strides, pads, precision):
                                     precision=precision)
 
 
-def weight_grad(x, dy, kernel_hw, strides, pads, precision=None):
-    """dL/dW of a NHWC/HWIO convolution (no dilation, one group) as one matmul per kernel tap."""
-    kh, kw = kernel_hw
+def window_slices(x, window, strides, pads, pad_value=0.0):
+    """x (NHWC) padded by `pads` with `pad_value`; for each window offset (i, j), the strided
+    slice [N, Ho, Wo, C] whose (h, w) entry is the padded input at (i + sh * h, j + sw * w)."""
+    kh, kw = window
+    sh, sw = strides
     (plo_h, phi_h), (plo_w, phi_w) = pads
     # Negative padding (possible with explicit pads) crops; lax.pad takes both signs.
-    xp = lax.pad(x, jnp.zeros((), x.dtype),
+    xp = lax.pad(x, jnp.array(pad_value, x.dtype),
                  ((0, 0, 0), (plo_h, phi_h, 0), (plo_w, phi_w, 0), (0, 0, 0)))
+    n, hp, wp, c = xp.shape
+    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    return [[lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
+                       (1, sh, sw, 1)) for j in range(kw)] for i in range(kh)]
+
+
+def weight_grad(x, dy, kernel_hw, strides, pads, precision=None):
+    """dL/dW of a NHWC/HWIO convolution (no dilation, one group) as one matmul per kernel tap."""
     n, ho, wo, co = dy.shape
-    ci = x.shape[-1]
-    sh, sw = strides
     g = dy.reshape(n * ho * wo, co)
-    taps = []
-    for i in range(kh):
-        row = []
-        for j in range(kw):
-            xs = lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, ci),
-                           (1, sh, sw, 1))
-            row.append(jnp.dot(xs.reshape(n * ho * wo, ci).T, g, precision=precision,
-                               preferred_element_type=jnp.float32))
-        taps.append(jnp.stack(row))
-    return jnp.stack(taps)
+    return jnp.stack([
+        jnp.stack([jnp.dot(xs.reshape(n * ho * wo, -1).T, g, precision=precision,
+                           preferred_element_type=jnp.float32) for xs in row])
+        for row in window_slices(x, kernel_hw, strides, pads)])
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -132,19 +135,7 @@ def max_pool(x, window: tuple[int, int], strides: tuple[int, int], padding="VALI
     """
     if jax.default_backend() != "cpu" or x.ndim != 4:
         return nn.max_pool(x, window, strides=strides, padding=padding)
-    kh, kw = window
-    sh, sw = strides
     if isinstance(padding, str):
         padding = lax.padtype_to_pads(x.shape[1:3], window, strides, padding)
-    (plo_h, phi_h), (plo_w, phi_w) = padding
-    xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype),
-                 ((0, 0, 0), (plo_h, phi_h, 0), (plo_w, phi_w, 0), (0, 0, 0)))
-    n, hp, wp, c = xp.shape
-    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
-    out = None
-    for i in range(kh):
-        for j in range(kw):
-            xs = lax.slice(xp, (0, i, j, 0), (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
-                           (1, sh, sw, 1))
-            out = xs if out is None else jnp.maximum(out, xs)
-    return out
+    taps = [xs for row in window_slices(x, window, strides, padding, -jnp.inf) for xs in row]
+    return functools.reduce(jnp.maximum, taps)
