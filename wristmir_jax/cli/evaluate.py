@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import tempfile
 
 from wristmir_jax.errors import UserError
+from wristmir_jax.utils import fs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,10 +43,23 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--ks {args.ks!r}: expected comma-separated integers") from None
     if not ks or min(ks) <= 0:
         raise UserError("--ks values must be positive")
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    res = evaluate_index(args.index, args.train_index, cfg, queries=args.queries, out_dir=out_dir,
-                         ks=ks, knn_k=args.knn_k, export_trec=not args.no_trec)
-    paths = write_outputs(res, args.out)
+    out_url = fs.dirname(args.out)
+    remote = fs.is_url(out_url)
+    if remote:  # matplotlib and the TREC export write local files: write here, then upload
+        fs.check_bucket(out_url)
+    out_dir = tempfile.mkdtemp(prefix="wristmir-eval-") if remote else out_url
+    try:
+        res = evaluate_index(args.index, args.train_index, cfg, queries=args.queries,
+                             out_dir=out_dir, ks=ks, knn_k=args.knn_k,
+                             export_trec=not args.no_trec)
+        paths = write_outputs(res, os.path.join(out_dir, fs.basename(args.out)) if remote
+                              else args.out)
+        if remote:
+            fs.upload_dir(out_dir, out_url, last=(fs.basename(args.out),))
+            paths = {k: fs.join(out_url, os.path.relpath(v, out_dir)) for k, v in paths.items()}
+    finally:
+        if remote:
+            shutil.rmtree(out_dir, ignore_errors=True)
     two = res["diagnosis_knn"]["two_stage"]["mean_f1"]
     glob = res["diagnosis_knn"]["global"]["mean_f1"]
     print(f"{res['queries']} queries: kNN mean F1 two-stage {two:.3f} vs global-only {glob:.3f}; "

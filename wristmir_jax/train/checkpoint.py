@@ -28,6 +28,7 @@ from orbax.checkpoint import checkpoint_managers as ocm
 
 from wristmir_jax.errors import UserError
 from wristmir_jax.train.sharding import path_str
+from wristmir_jax.utils import fs
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -99,7 +100,8 @@ def make_manager(workdir: str, *, save_every: int, keep: int, keep_best: int = 1
             save_interval_steps=max(int(save_every), 1),
             preservation_policy=ocm.preservation_policy.AnyPreservationPolicy(policies),
             enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
-    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
+    # orbax writes gs:// itself (tensorstore); fs.absolute leaves URLs as they are.
+    return ocp.CheckpointManager(fs.join(fs.absolute(workdir), CHECKPOINT_DIR),
                                  options=options, item_names=("state", "data"))
 
 
@@ -152,19 +154,17 @@ def params_sha256(params: Any) -> str:
 def read_config(workdir: str):
     import ml_collections
 
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    path = fs.join(workdir, "config.json")
+    if not fs.exists(path):
         raise UserError("not a training workdir (no config.json)", path=workdir)
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(json.loads(fs.read_text(path)))
 
 
 def best_step(workdir: str) -> int | None:
-    path = os.path.join(workdir, "best.json")
-    if not os.path.exists(path):
+    path = fs.join(workdir, "best.json")
+    if not fs.exists(path):
         return None
-    with open(path) as f:
-        return int(json.load(f)["step"])
+    return int(json.loads(fs.read_text(path))["step"])
 
 
 def restore_for_inference(workdir: str, step: int | str | None = "best"):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from typing import Any
 
@@ -28,6 +27,7 @@ from wristmir_jax.train.metrics_log import MetricsLogger
 from wristmir_jax.train.state import (batch_shardings, build_model, create_train_state,
                                       inference_params)
 from wristmir_jax.train.step import make_eval_step, make_train_step
+from wristmir_jax.utils import fs
 from wristmir_jax.utils.fs import atomic_write, read_json_or_none
 from wristmir_jax.utils.log import get_logger
 
@@ -124,7 +124,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains to cfg.train.steps (resuming from workdir) and returns the summary dict."""
     t_start = time.time()
     # --- config -----------------------------------------------------------------------------
-    workdir = os.path.abspath(workdir)
+    workdir = fs.absolute(workdir)  # a gs:// URL stays a URL
     cfg = resolve_config(cfg)
     primary = is_primary()
     if not primary:
@@ -132,8 +132,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     total = int(cfg.train.steps)
     gbs = int(cfg.data.global_batch_size)
     if primary:
-        os.makedirs(workdir, exist_ok=True)
-        _write_json(os.path.join(workdir, "config.json"), cfg.to_dict())
+        fs.makedirs(workdir)
+        _write_json(fs.join(workdir, "config.json"), cfg.to_dict())
 
     # --- mesh --------------------------------------------------------------------------------
     mesh = make_mesh(cfg.mesh)
@@ -169,7 +169,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         state = ckpt.restore(manager, latest, ckpt.abstract_like(state, shardings), train_it)
         log.info("resumed from step %d", latest)
     start = int(_host(state["step"]))
-    best = read_json_or_none(os.path.join(workdir, "best.json")) or {}
+    best = read_json_or_none(fs.join(workdir, "best.json")) or {}
     if model.text_frozen:
         from wristmir_jax.models.text_cache import TextFeatureCache
 
@@ -252,7 +252,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                 logger.write(s, last_val, split="val")
                 if primary and (not best or last_val["loss"] < best["val_loss"]):
                     best = {"step": s, "val_loss": last_val["loss"]}
-                    _write_json(os.path.join(workdir, "best.json"), best)
+                    _write_json(fs.join(workdir, "best.json"), best)
             ckpt.save(manager, s, state, train_it, metrics=val_metrics,
                       force=val_metrics is not None or s == total)
     except NonFiniteStop as e:
@@ -275,7 +275,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         summary["text_feature_cache"] = {"captions": len(text_cache), "encoded": text_cache.computed,
                                          "tower_calls": text_cache.chunks}
     if primary:
-        _write_json(os.path.join(workdir, "summary.json"), summary)
+        _write_json(fs.join(workdir, "summary.json"), summary)
     if stop is not None:
         raise stop
     log.info("done: step %d, params sha256 %s", final_step, summary["params_sha256"][:16])
