@@ -6,8 +6,9 @@
 #   ZONE=us-central2-b ACCELERATOR_TYPE=v5litepod-256 \
 #     launch/tpu_pod.sh my-slice --config configs/vit_b16_pod.py --workdir gs://bucket/run1
 #
-# On the workers jax.distributed finds its peers from the TPU metadata (train/distributed.py);
-# the workdir should be a gs:// URL that every worker can write (checkpoints via orbax).
+# Worker i runs `WRISTMIR_COORDINATOR=<worker 0 ip>:PORT WRISTMIR_NUM_PROCESSES=<workers>
+# WRISTMIR_PROCESS_ID=i wristmir train ARGS` (train/distributed.py -> jax.distributed); the
+# workdir should be a gs:// URL that every worker can write (checkpoints via orbax).
 # Environment:
 #   ZONE               (required) zone of the slice
 #   ACCELERATOR_TYPE   slice type for a new slice (default v5litepod-16)
@@ -18,6 +19,7 @@
 #                      delete a slice this script created, keep one it reused)
 #   INSTALL_CMD        run in ~/wristmir on each worker (default: pip install '.[tpu]')
 #   WORKER_PYTHON      python on the workers (default python3)
+#   PORT               coordinator port on worker 0 (default 8476)
 #   LOG_DIR            local folder for the per-worker logs (default ./tpu_logs/<name>)
 # Exits 2 on bad usage, else with the first non-zero exit code of any worker.
 set -euo pipefail
@@ -33,6 +35,7 @@ shift
 ACCELERATOR_TYPE=${ACCELERATOR_TYPE:-v5litepod-16}
 RUNTIME_VERSION=${RUNTIME_VERSION:-v2-alpha-tpuv5-lite}
 WORKER_PYTHON=${WORKER_PYTHON:-python3}
+PORT=${PORT:-8476}
 INSTALL_CMD=${INSTALL_CMD:-$WORKER_PYTHON -m pip install -q --upgrade '.[tpu]'}
 LOG_DIR=${LOG_DIR:-tpu_logs/$NAME}
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -85,12 +88,14 @@ echo "slice $NAME: $workers workers" >&2
 "${tpu[@]}" ssh "$NAME" "${where[@]}" --worker=all --command \
   "rm -rf wristmir && mkdir wristmir && tar -xzf wristmir.tar.gz -C wristmir && cd wristmir && $INSTALL_CMD"
 
-# The same command on every worker; each worker's output to its own local log.
+# The same train command on every worker, with its rank; each worker's output to a local log.
 train_cmd="cd wristmir && $WORKER_PYTHON -m wristmir_jax train$(printf ' %q' "$@")"
+ranks="WRISTMIR_COORDINATOR=${ips[0]}:$PORT WRISTMIR_NUM_PROCESSES=$workers"
 mkdir -p "$LOG_DIR"
 pids=()
 for ((i = 0; i < workers; i++)); do
-  "${tpu[@]}" ssh "$NAME" "${where[@]}" --worker="$i" --command "$train_cmd" \
+  "${tpu[@]}" ssh "$NAME" "${where[@]}" --worker="$i" \
+    --command "export $ranks WRISTMIR_PROCESS_ID=$i && $train_cmd" \
     >"$LOG_DIR/worker-$i.log" 2>&1 &
   pids+=($!)
 done

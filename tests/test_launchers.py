@@ -62,7 +62,7 @@ def _summary(workdir):
 @pytest.mark.slow
 def test_tpu_pod_launcher_creates_installs_trains_on_every_worker_and_deletes(tmp_path):
     env, cluster = _env(tmp_path, ZONE="us-central2-b", ACCELERATOR_TYPE="v5litepod-8",
-                        FAKE_TPU_WORKERS="2", FAKE_TPU_PORT=str(_free_port()),
+                        FAKE_TPU_WORKERS="2", PORT=str(_free_port()),
                         WORKER_PYTHON=sys.executable, LOG_DIR=str(tmp_path / "logs"),
                         # the worker's copy must hold the package: import it from there
                         INSTALL_CMD=f"{sys.executable} -c 'import os, wristmir_jax; "
@@ -81,23 +81,28 @@ def test_tpu_pod_launcher_creates_installs_trains_on_every_worker_and_deletes(tm
     install = [a for a in ssh if "--worker=all" in a]
     train = [a for a in ssh if "--worker=all" not in a]
     assert len(install) == 1 and sorted(a[-3] for a in train) == ["--worker=0", "--worker=1"]
-    cmds = {a[a.index("--command") + 1] for a in train}
-    assert len(cmds) == 1 and "-m wristmir_jax train" in cmds.pop()  # the same on every worker
+    cmds = sorted(a[a.index("--command") + 1] for a in train)
+    assert [c.split(" && ", 1)[0].split()[-1] for c in cmds] == ["WRISTMIR_PROCESS_ID=0",
+                                                                 "WRISTMIR_PROCESS_ID=1"]
+    assert len({c.split(" && ", 1)[1] for c in cmds}) == 1  # the same train command everywhere
+    assert f"WRISTMIR_COORDINATOR=127.0.0.1:{env['PORT']}" in cmds[0]
     create = next(c["argv"] for c in _calls(cluster, "gcloud") if c["argv"][3] == "create")
     assert "--accelerator-type=v5litepod-8" in create and "--zone=us-central2-b" in create
-    for i in range(2):
-        assert "trained to step 2" in open(tmp_path / "logs" / f"worker-{i}.log").read() or i > 0
+    assert "trained to step 2" in open(tmp_path / "logs" / "worker-0.log").read()
+    assert (tmp_path / "logs" / "worker-1.log").exists()
     assert not (cluster / "slice-1").exists()  # deleted
 
-    # a second run reuses an existing slice and keeps it
+    # an existing slice is reused and kept; a worker's failure is the script's exit code
     (cluster / "calls.jsonl").unlink()
     subprocess.run(["gcloud", "compute", "tpus", "tpu-vm", "create", "slice-2",
                     "--zone=us-central2-b"], env=env, check=True)
-    r = subprocess.run(["bash", "launch/tpu_pod.sh", "slice-2", *TRAIN, "--workdir", work],
-                       env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run(["bash", "launch/tpu_pod.sh", "slice-2", "--config", "missing.py",
+                        "--workdir", work], env=env, cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "worker 0 failed (exit 2)" in r.stderr
     verbs = [c["argv"][3] for c in _calls(cluster, "gcloud")]
-    assert "create" not in verbs[1:] and "delete" not in verbs and (cluster / "slice-2").exists()
+    assert verbs.count("create") == 1 and "delete" not in verbs and (cluster / "slice-2").exists()
 
     r = subprocess.run(["bash", "launch/tpu_pod.sh", "slice-3"], env={**env, "ZONE": ""},
                        cwd=ROOT, capture_output=True, text=True)
