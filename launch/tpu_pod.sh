@@ -101,8 +101,9 @@ for ((i = 0; i < workers; i++)); do
 done
 status=0
 for i in "${!pids[@]}"; do
-  if ! wait "${pids[$i]}"; then
-    rc=$?
+  rc=0
+  wait "${pids[$i]}" || rc=$?
+  if [[ $rc -ne 0 ]]; then
     echo "worker $i failed (exit $rc); log: $LOG_DIR/worker-$i.log" >&2
     [[ $status -eq 0 ]] && status=$rc
   fi
