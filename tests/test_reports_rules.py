@@ -11,6 +11,8 @@ from wristmir_jax.reports.rules import correct_token, mine_report, normalize
 from wristmir_jax.schema import REGIONS, empty_global, empty_region, validate_findings
 
 P, U = "present", "uncertain"
+# The AO pediatric classification codes every ulnar styloid fracture as an avulsion (..u-E/7, ..u-M/7).
+AV = "avulsion"
 
 CASES = [
     # --- sections: history / comparison are not current findings -----------------------------
@@ -44,7 +46,7 @@ CASES = [
     ("FINDINGS: Small avulsion fracture at the tip of the ulnar styloid.",
      {"ulnar_styloid": {"fracture": P, "pattern": "avulsion"}}, {}),
     ("FINDINGS: The ulnar styloid is fractured at its base. The distal radius is intact.",
-     {"ulnar_styloid": {"fracture": P}}, {}),
+     {"ulnar_styloid": {"fracture": P, "pattern": AV}}, {}),
     ("FINDINGS: Plastic bowing deformity of the distal ulna. Buckle fracture of the distal radius.",
      {"distal_ulna": {"fracture": P, "pattern": "plastic_bowing"},
       "distal_radius": {"fracture": P, "pattern": "buckle"}}, {}),
@@ -77,19 +79,19 @@ CASES = [
      {"ulnar_styloid": {"fracture": P, "pattern": "avulsion"}}, {}),
     # --- uncertainty -------------------------------------------------------------------------
     ("FINDINGS: Possible nondisplaced fracture of the ulnar styloid. No other fracture.",
-     {"ulnar_styloid": {"fracture": U, "displaced": False}}, {}),
+     {"ulnar_styloid": {"fracture": U, "pattern": AV, "displaced": False}}, {}),
     ("FINDINGS: Questionable subtle buckle of the distal radius.",
      {"distal_radius": {"fracture": U, "pattern": "buckle"}}, {}),
     ("FINDINGS: A nondisplaced fracture of the distal radial metaphysis cannot be excluded. Recommend "
      "follow-up radiographs in 7-10 days.", {"distal_radius": {"fracture": U, "displaced": False}}, {}),
     ("FINDINGS: Linear lucency through the ulnar styloid which may represent a fracture versus an accessory ossicle.",
-     {"ulnar_styloid": {"fracture": U}}, {}),
+     {"ulnar_styloid": {"fracture": U, "pattern": AV}}, {}),
     ("FINDINGS: Cortical irregularity of the distal radius, suspicious for a torus fracture.",
      {"distal_radius": {"fracture": U, "pattern": "buckle"}}, {}),
     ("IMPRESSION: Probable Salter-Harris II fracture of the distal radius.",
      {"distal_radius": {"fracture": U, "pattern": "salter_harris", "salter_harris": 2}}, {}),
     ("FINDINGS: Buckle fracture of the distal radius and possible fracture of the ulnar styloid.",
-     {"distal_radius": {"fracture": P, "pattern": "buckle"}, "ulnar_styloid": {"fracture": U}}, {}),
+     {"distal_radius": {"fracture": P, "pattern": "buckle"}, "ulnar_styloid": {"fracture": U, "pattern": AV}}, {}),
     ("FINDINGS: No fracture is seen in the distal radius, however a buckle of the distal ulna is questionable.",
      {"distal_ulna": {"fracture": U, "pattern": "buckle"}}, {}),
     ("FINDINGS: Buckle fracture of the distal radius? Ulna normal.",
@@ -105,7 +107,7 @@ CASES = [
     ("FINDINGS: There is a Salter-Harris type II fracture of the distal radius. There is associated fracture "
      "of the ulnar styloid. There is 5 mm of dorsal displacement of the distal radial epiphysis.",
      {"distal_radius": {"fracture": P, "pattern": "salter_harris", "salter_harris": 2, "displaced": True},
-      "ulnar_styloid": {"fracture": P}}, {}),
+      "ulnar_styloid": {"fracture": P, "pattern": AV}}, {}),
     ("FINDINGS: Fractures of the distal radius and ulna. The radial fracture is displaced; the ulnar fracture "
      "is nondisplaced.", {"distal_radius": {"fracture": P, "displaced": True},
                           "distal_ulna": {"fracture": P, "displaced": False}}, {}),
