@@ -631,6 +631,10 @@ def _scope_forward(units, start: int, attr: str, limit: int = 14) -> None:
         if kind == "MENTION" or kind in _HEAD_KINDS:
             if seen_head and not coord:
                 break
+            # "without displacement and angulated 10 degrees": a participle joined to a negated
+            # noun is a new positive statement, not part of the negated list.
+            if seen_head and kind in ("DISP", "ANG") and ref.value is True and ref.text.endswith("ed"):
+                break
             _mark(ref, attr)
             seen_head, coord = True, False
         elif kind == "COORD":
@@ -1085,6 +1089,10 @@ def _resolve(mentions: list[Mention], trace: dict) -> tuple[dict, bool]:
     for name in REGIONS:
         ms = [m for m in mentions if name in m.regions and not m.negated and not m.remote]
         if not ms:
+            dropped = [(m.sentence, f"{m.words} ({'negated' if m.negated else 'old / not confirmed'})")
+                       for m in mentions if name in m.regions and (m.negated or m.remote)]
+            if dropped:
+                trace[f"{name}.fracture"] = dropped
             continue
         present = [m for m in ms if not m.uncertain]
         status = "present" if present else "uncertain"
