@@ -76,3 +76,23 @@ def test_rule_miner_meets_the_issue_thresholds_on_the_corpus(corpus):
     # The per-report disagreement list names ids and fields only, never report text.
     text = json.dumps(res)
     assert not any(r["report"].strip()[:30] in text for r in corpus)
+
+
+def test_corpus_command_line_and_bad_corpus_rows(tmp_path, capsys):
+    from wristmir_jax.errors import UserError
+    from wristmir_jax.reports.evaluate import main
+
+    main(["--corpus", CORPUS])
+    res = json.loads(capsys.readouterr().out)
+    assert res["n"] >= 200 and res["fracture_macro_f1"] >= 0.97
+    bad = tmp_path / "bad.jsonl"
+    with open(CORPUS, encoding="utf-8") as f:
+        first = json.loads(f.readline())
+    first["regions"]["distal_radius"]["pattern"] = "buckle"  # absent with a pattern: invalid gold
+    bad.write_text(json.dumps({"id": "x", "report": "FINDINGS: Normal."}) + "\n" + json.dumps(first) + "\n")
+    with pytest.raises(UserError, match=r"bad.jsonl:1: corpus row lacks regions, global"):
+        evaluate_corpus(str(bad))
+    bad.write_text(json.dumps(first) + "\n")
+    assert first["id"] == "n001" and first["regions"]["distal_radius"]["fracture"] == "absent"
+    with pytest.raises(UserError, match=r"bad.jsonl:1: gold findings"):
+        evaluate_corpus(str(bad))

@@ -151,6 +151,58 @@ CASES = [
     ("FINDINGS: No fracture. No soft tissue swelling. No cast.", {}, {}),
     ("FINDINGS: Displaced pronator quadratus fat pad without a visible fracture. IMPRESSION: Occult fracture "
      "of the distal radius cannot be excluded.", {"distal_radius": {"fracture": U}}, {"soft_tissue_swelling": True}),
+    # --- issue 22: hedges after / around the finding and over coordinated bones ----------------
+    ("FINDINGS: Cortical irregularity of the distal radius, questionable, possibly representing a torus fracture.",
+     {"distal_radius": {"fracture": U, "pattern": "buckle"}}, {}),
+    ("FINDINGS: Slight buckling of the distal radius, which may represent a buckle fracture.",
+     {"distal_radius": {"fracture": U, "pattern": "buckle"}}, {}),
+    ("FINDINGS: Greenstick fracture of the distal ulna, suspected.", {"distal_ulna": {"fracture": U, "pattern": "greenstick"}}, {}),
+    ("FINDINGS: Questionable buckle of the distal radial and ulnar metaphyses.",
+     {"distal_radius": {"fracture": U, "pattern": "buckle"}, "distal_ulna": {"fracture": U, "pattern": "buckle"}}, {}),
+    ("FINDINGS: Torus fracture of the distal radius, possibly also involving the distal ulna.",
+     {"distal_radius": {"fracture": P, "pattern": "buckle"}, "distal_ulna": {"fracture": U, "pattern": "buckle"}}, {}),
+    ("FINDINGS: This is questionable for a fracture of the distal ulna.", {"distal_ulna": {"fracture": U}}, {}),
+    # --- history, comparison, remote and previously questioned findings ---------------------------
+    ("COMPARISON: Prior study showed a buckle fracture of the distal radius. FINDINGS: No acute fracture.", {}, {}),
+    ("FINDINGS: Remote distal radius fracture has completely healed and remodeled. No acute fracture.", {}, {}),
+    ("FINDINGS: Old healed fracture of the distal ulna. Acute buckle fracture of the distal radius.",
+     {"distal_radius": {"fracture": P, "pattern": "buckle"}}, {}),
+    ("FINDINGS: The previously questioned buckle fracture of the distal radius is not confirmed.", {}, {}),
+    ("FINDINGS: The previously questioned buckle fracture of the distal radius is now confirmed, with callus.",
+     {"distal_radius": {"fracture": P, "pattern": "buckle", "healing": True}}, {}),
+    ("FINDINGS: Healing fracture of the distal radius with early remodeling.",
+     {"distal_radius": {"fracture": P, "healing": True}}, {}),
+    # --- plans are not findings; removed hardware -------------------------------------------------
+    ("FINDINGS: Buckle fracture of the distal radius. IMPRESSION: Recommend splint and fracture clinic.",
+     {"distal_radius": {"fracture": P, "pattern": "buckle"}}, {}),
+    ("FINDINGS: No fracture. Thumb spica cast recommended if snuffbox tenderness persists.", {}, {}),
+    ("FINDINGS: Buckle fracture of the distal radius. Plan: backslab.",
+     {"distal_radius": {"fracture": P, "pattern": "buckle"}}, {}),
+    ("FINDINGS: K-wires have been removed. Pin tracts in the distal radius. Healing fracture with callus.",
+     {"distal_radius": {"fracture": P, "healing": True}}, {}),
+    # --- attribution across bones -----------------------------------------------------------------
+    ("FINDINGS: Buckle fracture of the distal radius. Buckle fracture of the distal ulna. Neither fracture is angulated.",
+     {"distal_radius": {"fracture": P, "pattern": "buckle", "angulated": False},
+      "distal_ulna": {"fracture": P, "pattern": "buckle", "angulated": False}}, {}),
+    ("FINDINGS: Fractures of the distal radius and ulna. Both fractures are nondisplaced.",
+     {"distal_radius": {"fracture": P, "displaced": False}, "distal_ulna": {"fracture": P, "displaced": False}}, {}),
+    ("FINDINGS: Distal radius and ulna fractures, the radius with 4 mm of displacement and the ulna nondisplaced.",
+     {"distal_radius": {"fracture": P, "displaced": True}, "distal_ulna": {"fracture": P, "displaced": False}}, {}),
+    ("FINDINGS: Torus fracture of the distal radius. Ulnar styloid fracture. No displacement.",
+     {"distal_radius": {"fracture": P, "pattern": "buckle", "displaced": False},
+      "ulnar_styloid": {"fracture": P, "pattern": AV, "displaced": False}}, {}),
+    ("FINDINGS: Transverse fracture of the distal radius in anatomic position without displacement and angulated "
+     "10 degrees.", {"distal_radius": {"fracture": P, "pattern": "complete", "displaced": False, "angulated": True}}, {}),
+    # --- laterality from the indication; ulnar styloid = avulsion ----------------------------------
+    ("INDICATION: L wrist pain. FINDINGS: Normal.", {}, {"laterality": "left"}),
+    ("HISTORY: R arm injury. FINDINGS: No fracture.", {}, {"laterality": "right"}),
+    ("INDICATION: Pain after fall, R. FINDINGS: No fracture.", {}, {"laterality": "right"}),
+    ("CLINICAL DETAILS: (L) wrist. REPORT: No bony injury.", {}, {"laterality": "left"}),
+    ("8 year old with a buckle fracture of the distal radius, two weeks old, healing.",
+     {"distal_radius": {"fracture": P, "pattern": "buckle", "healing": True}}, {}),
+    ("FINDINGS: Ulnar styloid base fracture.", {"ulnar_styloid": {"fracture": P, "pattern": AV}}, {}),
+    ("FINDINGS: Fracture of the ulnar styloid, minimally displaced.",
+     {"ulnar_styloid": {"fracture": P, "pattern": AV, "displaced": True}}, {}),
 ]
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from wristmir_jax.schema import FRACTURE_STATUS, GLOBAL_KEYS, REGION_KEYS, REGIONS
+from wristmir_jax.errors import UserError
+from wristmir_jax.schema import FRACTURE_STATUS, GLOBAL_KEYS, REGION_KEYS, REGIONS, SchemaError, validate_findings
 
 
 def _by_id(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -78,7 +79,14 @@ def evaluate_corpus(corpus_path: str) -> dict[str, Any]:
 
     gold = read_jsonl_strict(corpus_path)
     mined = []
-    for row in gold:
+    for lineno, row in enumerate(gold, start=1):
+        missing = [k for k in ("id", "report", "regions", "global") if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise UserError(f"corpus row lacks {', '.join(missing)}", path=corpus_path, line=lineno)
+        try:
+            validate_findings(row["regions"], row["global"])
+        except SchemaError as e:
+            raise UserError(f"gold findings: {e}", path=corpus_path, line=lineno) from None
         regions, g = mine_text_rules(row["report"])
         mined.append({"id": str(row["id"]), "regions": regions, "global": g})
     res = field_accuracy(mined, gold)
