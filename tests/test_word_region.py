@@ -155,3 +155,38 @@ def test_model_exposes_spatial_and_word_features(preset):
     plain = build(model_config(preset))
     p2, _ = plain.init(jax.random.key(0), b)
     assert "word_log_scale" not in p2 and "spatial_img" not in plain.encode(p2, b)
+
+
+def test_text_cache_keeps_bounded_token_states_equal_to_the_tower():
+    from wristmir_jax.models.text_cache import TextFeatureCache
+
+    model = _tiny("tiny")
+    rng = np.random.default_rng(1)
+    b = model.dummy_batch(6)
+    b["image"] = rng.random(b["image"].shape).astype(np.float32)
+    lengths = np.array([5, 7, 16, 5, 9, 3])
+    b["global_tokens"] = rng.integers(5, 100, b["global_tokens"].shape).astype(np.int32)
+    b["global_mask"] = (np.arange(16)[None] < lengths[:, None]).astype(np.int32)
+    b["global_tokens"][3] = b["global_tokens"][0]  # a repeated caption
+    b["region_tokens"] = rng.integers(5, 100, b["region_tokens"].shape).astype(np.int32)
+    params, _ = model.init(jax.random.key(0), b)
+    cache = TextFeatureCache(model, params, chunk=2, max_token_entries=3)
+    assert cache.tokens
+    out = cache.attach(b)
+    assert len(cache._tok_table) <= 5  # the batch's 5 distinct captions are kept while attached
+    _, hidden = model.global_text_states(params, b["global_tokens"], b["global_mask"])
+    want = np.asarray(hidden) * b["global_mask"][..., None]
+    np.testing.assert_allclose(out["global_token_feat"], want, rtol=1e-5, atol=1e-5)
+    # The cached path gives the same word embeddings as running the tower.
+    real = b["global_mask"] > 0  # padding rows are meaningless either way
+    np.testing.assert_allclose(np.asarray(model.encode(params, out)["word_txt"])[real],
+                               np.asarray(model.encode(params, b)["word_txt"])[real], rtol=1e-4, atol=1e-5)
+    # A second batch evicts down to the bound, and evicted captions are recomputed exactly.
+    b2 = dict(b, global_tokens=rng.integers(5, 100, b["global_tokens"].shape).astype(np.int32))
+    cache.attach(b2)
+    again = cache.attach(b)
+    assert len(cache._tok_table) <= 6
+    np.testing.assert_allclose(again["global_token_feat"], want, rtol=1e-5, atol=1e-5)
+    # Without word_features the cache keeps no token states.
+    plain = build(model_config("tiny"))
+    assert not TextFeatureCache(plain, params).tokens
