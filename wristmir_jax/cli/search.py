@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--region", default=None,
                    help=f"bone(s) of interest: {', '.join(REGIONS)}, comma-separated, or all")
     p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
-    p.add_argument("--method", choices=("two_stage", "global", "region"), default="two_stage")
+    p.add_argument("--method", choices=("two_stage", "global", "region", "exhaustive"), default="two_stage")
     p.add_argument("--report", action="store_true", help="image->report: rank the database's reports")
     p.add_argument("--box", default=None, metavar="X0,Y0,X1,Y1",
                    help="with --image: a box (original pixels) around the bone named by --region")
