@@ -177,6 +177,20 @@ class Retriever:
             raise UserError("a text query can name one region at most")
         return self._searcher(f"region:{REGION_INDEX[names[0]]}").search(t, k)
 
+    def text_to_image_conditioned(self, global_t, region_t, bones, *, k: int = 10,
+                                  method: str = "two_stage") -> tuple[np.ndarray, np.ndarray]:
+        """A free-text query about `bones` (e.g. from reports.anatomy): its global text embedding
+        f[Q,D] and its region-caption embeddings f[Q,3,D] (rows of the named bones used) searched
+        like an image query conditioned on those bones (same coarse union, rerank and weights),
+        against the image embeddings of the shared space. No patient is excluded."""
+        names = parse_condition(bones)
+        g = np.atleast_2d(np.asarray(global_t, np.float32))
+        mask = np.zeros((g.shape[0], NUM_REGIONS), np.float32)
+        for n in names:
+            mask[:, REGION_INDEX[n]] = 1.0
+        q = QueryEmbeddings(g, region_t, mask, None)
+        return self.image_to_image(q, region=list(names), k=k, method=method, exclude_same_patient=False)
+
     def image_to_report(self, q: QueryEmbeddings, *, k: int = 10,
                         exclude_same_patient: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Global image embedding vs the database's report (global caption) text embeddings."""
