@@ -16,6 +16,9 @@ Layout of INDEX_DIR:
   images.npy           [N]         unicode          where the image is: "split/position" in the
                                                     fingerprint's data_dir, or a file path
   scann/               ScaNN searcher over global_img (only when N >= the exact-search limit)
+  scann_<region>/      ScaNN searcher over region_img[:, r] of the items that have that crop, with
+                       positions.npy (int32 index positions of its rows); built with scann/, so a
+                       bone-conditioned query draws coarse candidates from both (coarse.py)
 
 Everything is loaded with np.load(allow_pickle=False). Loading checks every file against the
 fingerprint (exists, byte size, shape, dtype, count) and, when the caller knows which model it
@@ -41,6 +44,7 @@ FORMAT = "wristmir-index"
 VERSION = 1
 FINGERPRINT = "fingerprint.json"
 SCANN_DIR = "scann"
+POSITIONS = "positions.npy"
 EMBEDDING_DTYPES = ("float16", "float32")
 
 # name -> (rank, dtype or None for the embedding dtype)
@@ -133,6 +137,10 @@ class Index:
     def has_scann(self) -> bool:
         return self.fingerprint.get("scann") is not None
 
+    def region_scann(self, region: str) -> dict[str, Any] | None:
+        """The fingerprint entry of a region's ScaNN searcher (None: none was built)."""
+        return (self.fingerprint.get("scann_regions") or {}).get(region)
+
     def position(self, item_id: str) -> int:
         hits = np.flatnonzero(self.arrays.ids == item_id)
         if hits.size == 0:
@@ -192,7 +200,7 @@ def write_index(out_dir: str, arrays: IndexArrays, *, model: dict[str, Any], con
             np.save(fn, a, allow_pickle=False)
             files[name + ".npy"] = {"shape": list(a.shape), "dtype": _dtype_name(a),
                                     "bytes": os.path.getsize(fn)}
-        scann_info = None
+        scann_info = region_info = None
         if build_scann:
             params = coarse.params_for_size(arrays.count, arrays.dim, scann_params)
             searcher, build_s = coarse.build_scann(np.asarray(arrays.global_img, np.float32), params)
@@ -201,12 +209,26 @@ def write_index(out_dir: str, arrays: IndexArrays, *, model: dict[str, Any], con
             scann_info = {"params": dataclasses.asdict(params), "build_s": round(build_s, 3),
                           "files": {f: os.path.getsize(os.path.join(sdir, f))
                                     for f in sorted(os.listdir(sdir))}}
+            region_info = {}
+            for r_i, region in enumerate(REGIONS):
+                pos = np.flatnonzero(np.asarray(arrays.crop_mask[:, r_i]) > 0).astype(np.int32)
+                if pos.size < 2:
+                    continue
+                rp = coarse.params_for_size(int(pos.size), arrays.dim, scann_params)
+                rs, r_build = coarse.build_scann(np.asarray(arrays.region_img[pos, r_i], np.float32), rp)
+                rdir = os.path.join(tmp, f"{SCANN_DIR}_{region}")
+                coarse.save_scann(rs, rdir)
+                np.save(os.path.join(rdir, POSITIONS), pos, allow_pickle=False)
+                region_info[region] = {"params": dataclasses.asdict(rp), "build_s": round(r_build, 3),
+                                       "count": int(pos.size),
+                                       "files": {f: os.path.getsize(os.path.join(rdir, f))
+                                                 for f in sorted(os.listdir(rdir))}}
         fp = {
             "format": FORMAT, "version": VERSION,
             "model": dict(model), "config_sha256": config_hash(config),
             "dim": arrays.dim, "dtype": dtype, "count": arrays.count, "split": split,
             "regions": list(REGIONS), "record_len": RECORD_LEN,
-            "files": files, "scann": scann_info, **(extra or {}),
+            "files": files, "scann": scann_info, "scann_regions": region_info, **(extra or {}),
         }
         with atomic_write(os.path.join(tmp, FINGERPRINT)) as f:
             json.dump(fp, f, indent=2, sort_keys=True)
@@ -289,18 +311,29 @@ def load_index(index_dir: str, *, params_sha256: str | None = None, config: Any 
         loaded[name] = a
     arrays = IndexArrays(**loaded)
     if fp.get("scann") is not None:
-        sdir = os.path.join(index_dir, SCANN_DIR)
-        for f, size in fp["scann"]["files"].items():
-            p = os.path.join(sdir, f)
-            if not os.path.exists(p):
-                raise UserError("ScaNN searcher file missing", path=p)
-            if os.path.getsize(p) != size:
-                raise UserError(f"ScaNN searcher file is {os.path.getsize(p)} bytes, the fingerprint "
-                                f"says {size} (truncated or replaced)", path=p)
-        extra = sorted(set(os.listdir(sdir)) - set(fp["scann"]["files"]))
-        if extra:
-            raise UserError(f"unexpected file {extra[0]} in the ScaNN searcher folder", path=sdir)
+        _check_scann_dir(os.path.join(index_dir, SCANN_DIR), fp["scann"])
+    for region, info in (fp.get("scann_regions") or {}).items():
+        if region not in REGIONS:
+            raise UserError(f"fingerprint lists a ScaNN searcher for unknown region {region!r}",
+                            path=index_dir)
+        _check_scann_dir(os.path.join(index_dir, f"{SCANN_DIR}_{region}"), info)
     return Index(path=index_dir, arrays=arrays, fingerprint=fp)
+
+
+def _check_scann_dir(sdir: str, info: dict[str, Any]) -> None:
+    """Every file the fingerprint lists exists with its size, and nothing else is there."""
+    if not os.path.isdir(sdir):
+        raise UserError("ScaNN searcher folder missing", path=sdir)
+    for f, size in info["files"].items():
+        p = os.path.join(sdir, f)
+        if not os.path.exists(p):
+            raise UserError("ScaNN searcher file missing", path=p)
+        if os.path.getsize(p) != size:
+            raise UserError(f"ScaNN searcher file is {os.path.getsize(p)} bytes, the fingerprint "
+                            f"says {size} (truncated or replaced)", path=p)
+    extra = sorted(set(os.listdir(sdir)) - set(info["files"]))
+    if extra:
+        raise UserError(f"unexpected file {extra[0]} in the ScaNN searcher folder", path=sdir)
 
 
 def index_bytes(index_dir: str, names: tuple[str, ...] | None = None) -> int:
