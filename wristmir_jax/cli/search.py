@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
 
 from wristmir_jax.errors import UserError
 from wristmir_jax.schema import REGIONS
+from wristmir_jax.utils.log import get_logger
+
+log = get_logger("wristmir.search")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -89,7 +93,17 @@ def search(args: argparse.Namespace) -> dict:
     qinfo: dict = {}
     query_region = single
     if args.id is not None:
+        from wristmir_jax.retrieval.encode import QueryModel
+
         pos = index.position(args.id)
+        # The answer needs only stored embeddings, but an index whose model is not the one in
+        # its workdir (retrained, damaged) must not answer either: the same check as image
+        # queries. An index shipped without its workdir can only be checked for its content.
+        wd = args.workdir or index.fingerprint["model"].get("workdir")
+        if args.workdir or (wd and os.path.isdir(wd)):
+            QueryModel(index, workdir=args.workdir, data_dir=args.data)
+        else:
+            log.warning("model not checked: the index's workdir is not available (pass --workdir)")
         q = retr.from_index_items([pos])
         if args.include_same_patient:
             q.groups = None

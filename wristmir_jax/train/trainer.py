@@ -89,9 +89,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         log.setLevel("WARNING")
     total = int(cfg.train.steps)
     gbs = int(cfg.data.global_batch_size)
-    if primary:
-        os.makedirs(workdir, exist_ok=True)
-        _write_json(os.path.join(workdir, "config.json"), cfg.to_dict())
+    ckpt.check_resume_compatible(workdir, cfg.to_dict())  # before anything is written
 
     # --- mesh, model, objective, optimizer, state, shardings, steps (train/setup.py) ---------
     mesh = make_mesh(cfg.mesh)
@@ -109,11 +107,19 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     manager = ckpt.make_manager(workdir, save_every=int(cfg.train.checkpoint_every),
                                 keep=int(cfg.train.keep), keep_best=int(cfg.train.keep_best),
                                 async_save=bool(cfg.train.async_checkpoint))
-    latest = manager.latest_step()
+    abstract = ckpt.abstract_like(run.state, run.shardings)
+    latest, restored, skipped = ckpt.restore_newest_good(
+        manager, lambda s: ckpt.restore(manager, s, abstract, train_it), where=workdir)
     if latest is not None:
-        run.use_state(ckpt.restore(manager, latest, ckpt.abstract_like(run.state, run.shardings),
-                                   train_it))
+        run.use_state(restored)
         log.info("resumed from step %d", latest)
+    if skipped and primary:  # out of the way of the next saves, kept for inspection
+        ckpt.quarantine_steps(workdir, skipped)
+    if skipped:
+        manager.reload()
+    if primary:  # only after a successful restore (a failed resume leaves it as it was)
+        os.makedirs(workdir, exist_ok=True)
+        _write_json(os.path.join(workdir, "config.json"), cfg.to_dict())
     state = run.state
     start = int(_host(state["step"]))
     best = read_json_or_none(os.path.join(workdir, "best.json")) or {}
