@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import tempfile
 
 from wristmir_jax.errors import UserError
+from wristmir_jax.utils import fs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,6 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from wristmir_jax.eval.evaluate import evaluate_index, write_outputs
+    from wristmir_jax.eval.grounding import evaluate_grounding
+    from wristmir_jax.eval.grounding import markdown as grounding_markdown
 
     cfg = None
     if args.config:
@@ -50,23 +55,33 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--ks {args.ks!r}: expected comma-separated integers") from None
     if not ks or min(ks) <= 0:
         raise UserError("--ks values must be positive")
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    res = evaluate_index(args.index, args.train_index, cfg, queries=args.queries, out_dir=out_dir,
-                         ks=ks, knn_k=args.knn_k, export_trec=not args.no_trec)
-    if args.grounding_boxes:
-        from wristmir_jax.eval.grounding import evaluate_grounding
-
-        res["grounding"] = evaluate_grounding(args.index, args.grounding_boxes, args.grounding_manifest,
-                                              out_dir=out_dir)
-    paths = write_outputs(res, args.out)
-    if "grounding" in res:
-        from wristmir_jax.eval.grounding import markdown as grounding_markdown
-
-        with open(paths["table"], "a", encoding="utf-8") as f:
-            f.write("\n" + "\n".join(grounding_markdown(res["grounding"])))
-        g = res["grounding"]["per_bone"]
-        print("pointing game: " + ", ".join(f"{r} {v['pointing_game']:.3f}" for r, v in g.items()
-                                            if v["pointing_game"] is not None))
+    out_url = fs.dirname(args.out)
+    remote = fs.is_url(out_url)
+    if remote:  # matplotlib and the TREC export write local files: write here, then upload
+        fs.check_bucket(out_url)
+    out_dir = tempfile.mkdtemp(prefix="wristmir-eval-") if remote else out_url
+    try:
+        res = evaluate_index(args.index, args.train_index, cfg, queries=args.queries,
+                             out_dir=out_dir, ks=ks, knn_k=args.knn_k,
+                             export_trec=not args.no_trec)
+        if args.grounding_boxes:
+            res["grounding"] = evaluate_grounding(args.index, args.grounding_boxes,
+                                                  args.grounding_manifest, out_dir=out_dir)
+        paths = write_outputs(res, os.path.join(out_dir, fs.basename(args.out)) if remote
+                              else args.out)
+        if "grounding" in res:
+            with open(paths["table"], "a", encoding="utf-8") as f:
+                f.write("\n" + "\n".join(grounding_markdown(res["grounding"])))
+            g = res["grounding"]["per_bone"]
+            print("pointing game: " + ", ".join(f"{r} {v['pointing_game']:.3f}"
+                                                for r, v in g.items()
+                                                if v["pointing_game"] is not None))
+        if remote:
+            fs.upload_dir(out_dir, out_url, last=(fs.basename(args.out),))
+            paths = {k: fs.join(out_url, os.path.relpath(v, out_dir)) for k, v in paths.items()}
+    finally:
+        if remote:
+            shutil.rmtree(out_dir, ignore_errors=True)
     two = res["diagnosis_knn"]["two_stage"]["mean_f1"]
     glob = res["diagnosis_knn"]["global"]["mean_f1"]
     print(f"{res['queries']} queries: kNN mean F1 two-stage {two:.3f} vs global-only {glob:.3f}; "

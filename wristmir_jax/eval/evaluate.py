@@ -32,6 +32,7 @@ from wristmir_jax.retrieval.query import METHODS, QueryEmbeddings, Retriever
 from wristmir_jax.retrieval.rerank import settings as rerank_settings
 from wristmir_jax.retrieval.store import Index, load_index
 from wristmir_jax.schema import REGIONS, SPLITS, fracture_labels
+from wristmir_jax.utils import fs
 from wristmir_jax.utils.fs import atomic_write
 from wristmir_jax.utils.log import get_logger
 
@@ -60,7 +61,7 @@ def _queries(index: Index, queries: str) -> tuple[QueryEmbeddings, np.ndarray, n
         a = index.arrays
         return (QueryEmbeddings(a.global_img, a.region_img, a.crop_mask, index.patient_codes()),
                 a.ids, np.asarray(a.records), True)
-    if not os.path.isdir(queries):
+    if not fs.isdir(queries):
         raise UserError(f"--queries must be a split ({', '.join(SPLITS)}) or an index folder", path=queries)
     qi = load_index(queries, params_sha256=index.fingerprint["model"].get("params_sha256"),
                     dim=index.dim)
@@ -169,7 +170,7 @@ def evaluate_index(index_dir: str, train_index_dir: str | None = None, cfg: Any 
                                                      q_ids.tolist(), index.arrays.ids, idx, scores, g)
 
     result: dict[str, Any] = {
-        "index": os.path.abspath(index_dir),
+        "index": fs.absolute(index_dir),
         "model_params_sha256": index.fingerprint["model"].get("params_sha256"),
         "count": index.count, "queries": n_q, "dim": index.dim,
         "coarse": retriever.coarse.kind, "ks": list(ks), "knn_k": knn_k,

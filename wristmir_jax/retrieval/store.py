@@ -27,6 +27,10 @@ knows which model it holds, the model and config hashes and the dimension: a mis
 UserError, never a wrong answer. Content digests are streamed once per file state and cached in
 .verified.json keyed by (inode, size, mtime, ctime): a rewrite, a swap (rename changes ctime and
 inode) or a copy elsewhere is hashed again; an unchanged index is checked with one stat per file.
+
+INDEX_DIR may be a URL (gs://...): it is written locally and uploaded with fingerprint.json last
+(utils.fs.atomic_output_dir), and read from a local copy (utils.fs.local_dir) so that the arrays
+can be memory-mapped and ScaNN can load its searcher.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import numpy as np
 
 from wristmir_jax.errors import UserError
 from wristmir_jax.schema import NUM_REGIONS, RECORD_LEN, REGIONS
+from wristmir_jax.utils import fs
 from wristmir_jax.utils.fs import atomic_output_dir, atomic_write
 
 FORMAT = "wristmir-index"
@@ -190,7 +195,7 @@ def write_index(out_dir: str, arrays: IndexArrays, *, model: dict[str, Any], con
         raise UserError(f"embedding dtype {dtype} not in {EMBEDDING_DTYPES}", path=out_dir)
     if build_scann is None:
         build_scann = arrays.count >= coarse.EXACT_SEARCH_LIMIT
-    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_output_dir(out_dir, overwrite=overwrite, last=(FINGERPRINT,)) as tmp:
         files = {}
         for name, (_, kind) in _FILES.items():
             a = np.ascontiguousarray(getattr(arrays, name))
@@ -392,6 +397,10 @@ def load_index(index_dir: str, *, params_sha256: str | None = None, config: Any 
     """Loads and checks INDEX_DIR (see the module docstring); UserError on any mismatch.
     verify=False skips only the content digests (benchmarks of the load itself)."""
     index_dir = os.fspath(index_dir)
+    if fs.is_url(index_dir):
+        if not fs.exists(fs.join(index_dir, FINGERPRINT)):
+            raise UserError(f"not an index (no {FINGERPRINT})", path=index_dir)
+        index_dir = fs.local_dir(index_dir)
     fp = read_fingerprint(index_dir)
     check_compatible(fp, index_dir, params_sha256=params_sha256, config=config, dim=dim)
     n, d, dtype = int(fp["count"]), int(fp["dim"]), fp["dtype"]

@@ -35,6 +35,7 @@ from orbax.checkpoint import checkpoint_managers as ocm
 
 from wristmir_jax.errors import UserError
 from wristmir_jax.train.sharding import path_str
+from wristmir_jax.utils import fs
 from wristmir_jax.utils.log import get_logger
 
 log = get_logger("wristmir.checkpoint")
@@ -113,7 +114,8 @@ def make_manager(workdir: str, *, save_every: int, keep: int, keep_best: int = 1
             save_interval_steps=max(int(save_every), 1),
             preservation_policy=ocm.preservation_policy.AnyPreservationPolicy(policies),
             enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
-    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
+    # orbax writes gs:// itself (tensorstore); fs.absolute leaves URLs as they are.
+    return ocp.CheckpointManager(fs.join(fs.absolute(workdir), CHECKPOINT_DIR),
                                  options=options, item_names=("state", "data"))
 
 
@@ -202,8 +204,8 @@ def quarantine_steps(workdir: str, steps: list[int]) -> list[str]:
 
 
 def has_checkpoints(workdir: str) -> bool:
-    d = os.path.join(workdir, CHECKPOINT_DIR)
-    return os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
+    d = fs.join(workdir, CHECKPOINT_DIR)
+    return fs.isdir(d) and any(n.isdigit() for n in fs.listdir(d))
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -230,12 +232,11 @@ def shape_differences(old: dict, new: dict) -> list[str]:
 def check_resume_compatible(workdir: str, cfg_dict: dict) -> None:
     """Refuses (UserError, nothing touched) a resume whose model or data shapes differ from the
     config the workdir's checkpoints were written with."""
-    path = os.path.join(workdir, "config.json")
-    if not has_checkpoints(workdir) or not os.path.exists(path):
+    path = fs.join(workdir, "config.json")
+    if not has_checkpoints(workdir) or not fs.exists(path):
         return
     try:
-        with open(path, encoding="utf-8") as f:
-            old = json.load(f)
+        old = json.loads(fs.read_text(path))
     except (OSError, ValueError) as e:
         raise UserError(f"unreadable config.json of the checkpoints ({type(e).__name__})",
                         path=path) from None
@@ -273,19 +274,17 @@ def params_sha256(params: Any) -> str:
 def read_config(workdir: str):
     import ml_collections
 
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    path = fs.join(workdir, "config.json")
+    if not fs.exists(path):
         raise UserError("not a training workdir (no config.json)", path=workdir)
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(json.loads(fs.read_text(path)))
 
 
 def best_step(workdir: str) -> int | None:
-    path = os.path.join(workdir, "best.json")
-    if not os.path.exists(path):
+    path = fs.join(workdir, "best.json")
+    if not fs.exists(path):
         return None
-    with open(path) as f:
-        return int(json.load(f)["step"])
+    return int(json.loads(fs.read_text(path))["step"])
 
 
 def restore_for_inference(workdir: str, step: int | str | None = "best"):

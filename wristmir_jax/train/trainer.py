@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from typing import Any
 
@@ -27,6 +26,7 @@ from wristmir_jax.train.mesh import make_mesh
 from wristmir_jax.train.metrics_log import MetricsLogger
 from wristmir_jax.train.setup import build_run, data_sources, resolve_config
 from wristmir_jax.train.state import inference_params
+from wristmir_jax.utils import fs
 from wristmir_jax.utils.fs import atomic_write, read_json_or_none
 from wristmir_jax.utils.log import get_logger
 
@@ -82,7 +82,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains to cfg.train.steps (resuming from workdir) and returns the summary dict."""
     t_start = time.time()
     # --- config -----------------------------------------------------------------------------
-    workdir = os.path.abspath(workdir)
+    workdir = fs.absolute(workdir)  # a gs:// URL stays a URL
     cfg = resolve_config(cfg)
     primary = is_primary()
     if not primary:
@@ -118,11 +118,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     if skipped:
         manager.reload()
     if primary:  # only after a successful restore (a failed resume leaves it as it was)
-        os.makedirs(workdir, exist_ok=True)
-        _write_json(os.path.join(workdir, "config.json"), cfg.to_dict())
+        fs.makedirs(workdir)
+        _write_json(fs.join(workdir, "config.json"), cfg.to_dict())
     state = run.state
     start = int(_host(state["step"]))
-    best = read_json_or_none(os.path.join(workdir, "best.json")) or {}
+    best = read_json_or_none(fs.join(workdir, "best.json")) or {}
     if run.text_cache is not None:
         _prefill_text(run.text_cache, (train_source, val_source))
 
@@ -186,7 +186,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                 logger.write(s, last_val, split="val")
                 if primary and (not best or last_val["loss"] < best["val_loss"]):
                     best = {"step": s, "val_loss": last_val["loss"]}
-                    _write_json(os.path.join(workdir, "best.json"), best)
+                    _write_json(fs.join(workdir, "best.json"), best)
             ckpt.save(manager, s, state, train_it, metrics=val_metrics,
                       force=val_metrics is not None or s == total)
     except NonFiniteStop as e:
@@ -210,7 +210,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         summary["text_feature_cache"] = {"captions": len(tc), "encoded": tc.computed,
                                          "tower_calls": tc.chunks}
     if primary:
-        _write_json(os.path.join(workdir, "summary.json"), summary)
+        _write_json(fs.join(workdir, "summary.json"), summary)
     if stop is not None:
         raise stop
     log.info("done: step %d, params sha256 %s", final_step, summary["params_sha256"][:16])
