@@ -835,6 +835,7 @@ _PLAN = re.compile(r"^\s*(?:please |we )?(?:recommend|suggest|consider|advise|re
                    r"\b(?:recommended|recommend|recommendation|recommends|suggested|is advised|are advised|"
                    r"advised|advise|consider|to be (?:placed|applied|treated)|will be (?:placed|applied|treated)|"
                    r"should be (?:placed|applied|treated)|if (?:clinical|symptoms|there is|occult|concern|pain))\b")
+_PLAN_HINTS = ("recommend", "suggest", "consider", "advis", "plan", "refer", " be ", "if ")
 # Words that make a previously described (hedged) finding a finding of this study again.
 _CONFIRMS = re.compile(r"(?<!not )(?<!un)\bconfirm(?:ed|ing|s)\b|\bagain (?:seen|noted|identified|demonstrated)\b|"
                        r"\bpersist\w*|\bremains?\b|\bunchanged\b|\bstable\b|\bnow (?:seen|evident|visible|apparent)\b")
@@ -970,9 +971,10 @@ def _mine_sentence(toks: list[Tok], state: dict, flags: dict, allow_findings: bo
             regs = state["last_regions"] or (("ulnar_styloid",) if m.pattern == "avulsion" else ("distal_radius",))
         m.regions = regs
         m.heal_words.extend((sent, toks[k].text) for k in range(m.start, m.end) if toks[k].kind == "HEAL")
-    mentions.extend(_hedged_extensions(toks, groups, mentions, sent))
-    _share_hedges(toks, mentions)
-    _prior_mentions(toks, mentions)
+    if any(m.uncertain for m in mentions) or any(t.kind == "UNCPRE" for t in toks):
+        mentions.extend(_hedged_extensions(toks, groups, mentions, sent))
+        _share_hedges(toks, mentions)
+        _prior_mentions(toks, mentions)
     # Attributes outside mentions attach to the nearest mention, or to the previous sentence's.
     for idx, t in enumerate(toks):
         if t.kind not in ("DISP", "ANG", "HEAL"):
@@ -989,10 +991,11 @@ def _mine_sentence(toks: list[Tok], state: dict, flags: dict, allow_findings: bo
                 o.healing = True
                 o.heal_words.append((sent, t.text))
     # "Healed distal radius fracture" restating an old, remodelled one is that old fracture.
-    old = {r for o in state["mentions"] if o.remote and not o.negated for r in o.regions}
+    old = state["old_regions"]
     for m in mentions:
-        if m.healing and old & set(m.regions) and all(w == "healed" for _, w in m.heal_words):
+        if old and m.healing and old & set(m.regions) and all(w == "healed" for _, w in m.heal_words):
             m.remote = True
+    old.update(r for m in mentions if m.remote and not m.negated for r in m.regions)
     located = [m for m in mentions if not m.negated and not m.remote]
     state["mentions"].extend(mentions)
     state["section"].extend(mentions)
@@ -1071,12 +1074,14 @@ def _share_hedges(toks: list[Tok], mentions: list[Mention]) -> None:
 def _prior_mentions(toks: list[Tok], mentions: list[Mention]) -> None:
     """"The previously questioned buckle fracture ...": the hedge belongs to the earlier study. The
     finding is current only if this sentence confirms it (or it heals); otherwise it is dropped."""
-    text = " ".join(t.text for t in toks)
-    confirmed = bool(_CONFIRMS.search(text)) or any(t.kind == "HEAL" and not t.negated for t in toks)
+    confirmed = None
     for m in mentions:
         if m.negated or not m.uncertain:
             continue
         if any(toks[k].text in _PRIOR_WORDS for k in range(max(0, m.start - 4), m.start)):
+            if confirmed is None:
+                confirmed = bool(_CONFIRMS.search(" ".join(t.text for t in toks))) \
+                    or any(t.kind == "HEAL" and not t.negated for t in toks)
             if confirmed:
                 m.uncertain = False
             else:
@@ -1153,7 +1158,8 @@ def mine_report(text: str, trace: dict | None = None) -> tuple[dict[str, dict[st
     t = normalize(text)
     sections = split_sections(t)
     tr: dict[str, Any] = {} if trace is None else trace
-    state: dict[str, Any] = {"mentions": [], "section": [], "last": [], "last_regions": (), "trace": tr}
+    state: dict[str, Any] = {"mentions": [], "section": [], "last": [], "last_regions": (), "trace": tr,
+                             "old_regions": set()}
     flags = {"cast": False, "hardware": False, "soft_tissue_swelling": False}
     skipped = tr.setdefault("skipped", [])
     sent_idx = 0
@@ -1164,7 +1170,7 @@ def mine_report(text: str, trace: dict | None = None) -> tuple[dict[str, dict[st
                 continue
             if kind in ("history", "comparison", "plan"):
                 skipped.append((sent_idx, kind))
-            elif _PLAN.search(sent):
+            elif any(h in sent for h in _PLAN_HINTS) and _PLAN.search(sent):
                 skipped.append((sent_idx, "plan"))
             else:
                 _mine_sentence(tokenize(sent), state, flags, kind != "technique", sent_idx)
