@@ -193,6 +193,10 @@ CASES = [
       "ulnar_styloid": {"fracture": P, "pattern": AV, "displaced": False}}, {}),
     ("FINDINGS: Transverse fracture of the distal radius in anatomic position without displacement and angulated "
      "10 degrees.", {"distal_radius": {"fracture": P, "pattern": "complete", "displaced": False, "angulated": True}}, {}),
+    ("FINDINGS: Fractures of the distal radius and ulna with dorsal displacement of the radial fragment.",
+     {"distal_radius": {"fracture": P, "displaced": True}, "distal_ulna": {"fracture": P}}, {}),
+    ("FINDINGS: Subtle buckle of the distal radius, which may be a normal variant.",
+     {"distal_radius": {"fracture": U, "pattern": "buckle"}}, {}),
     # --- laterality from the indication; ulnar styloid = avulsion ----------------------------------
     ("INDICATION: L wrist pain. FINDINGS: Normal.", {}, {"laterality": "left"}),
     ("HISTORY: R arm injury. FINDINGS: No fracture.", {}, {"laterality": "right"}),

@@ -599,6 +599,8 @@ def _find_mentions(toks: list[Tok]) -> list[Mention]:
 
 
 _HEAD_KINDS = ("DISP", "ANG", "HEAL", "CAST", "HW", "SWELL")
+# Contrast ends the reach of a hedge; a relative clause ("..., which may represent") does not.
+_SOFT_TERMS = frozenset(("which", "that is"))
 
 
 def _units(toks: list[Tok], mentions: list[Mention]):
@@ -689,22 +691,32 @@ def _apply_scopes(units) -> None:
             after = [ref for k2, ref, cl2 in units[idx + 1:] if cl2 == cl and k2 == "MENTION"]
             if kind == "UNCPOST":
                 if not _scope_backward(units, idx, "uncertain"):
-                    for ref in after:
+                    for ref in after or _antecedent(units, cl):
                         ref.uncertain = True
                 continue
             closes = not any(cl2 == cl and k2 in ("MENTION", "LOC") for k2, _, cl2 in units[idx + 1:])
             targets = after or ([ref for k2, ref, cl2 in units[:idx] if cl2 == cl and k2 == "MENTION"]
                                 if closes else [])
-            for ref in targets:
+            for ref in targets or (_antecedent(units, cl) if closes else []):
                 ref.uncertain = True
         elif kind == "REMOTE":
             for k2, ref, cl2 in units:
                 if cl2 == cl and k2 == "MENTION":
                     ref.remote = True
         elif kind == "UNCCLAUSE":
-            for k2, ref, cl2 in units:
-                if cl2 == cl and k2 == "MENTION":
-                    ref.uncertain = True
+            own = [ref for k2, ref, cl2 in units if cl2 == cl and k2 == "MENTION"]
+            for ref in own or _antecedent(units, cl):
+                ref.uncertain = True
+
+
+def _antecedent(units, clause: int) -> list:
+    """The finding a relative clause modifies: "subtle buckle of the radius, which may be a normal
+    variant" hedges the buckle. Only a clause opened by "which" / "that is" has one."""
+    opens = [ref for k, ref, cl in units if k == "TERM" and cl == clause]
+    if not opens or opens[0].text not in _SOFT_TERMS:
+        return []
+    before = [ref for k, ref, cl in units if k == "MENTION" and cl == clause - 1]
+    return before[-1:]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -840,8 +852,6 @@ _PLAN_HINTS = ("recommend", "suggest", "consider", "advis", "plan", "refer", " b
 _CONFIRMS = re.compile(r"(?<!not )(?<!un)\bconfirm(?:ed|ing|s)\b|\bagain (?:seen|noted|identified|demonstrated)\b|"
                        r"\bpersist\w*|\bremains?\b|\bunchanged\b|\bstable\b|\bnow (?:seen|evident|visible|apparent)\b")
 _PRIOR_WORDS = frozenset(("previously", "prior", "earlier", "initially", "formerly"))
-# Contrast ends the reach of a hedge; a relative clause ("..., which may represent") does not.
-_SOFT_TERMS = frozenset(("which", "that is"))
 
 
 def _nearest_mention(pos: int, clause: int, mentions: list[Mention]) -> Mention | None:
@@ -879,16 +889,27 @@ def _named_bone(idx: int, owner: Mention, toks: list[Tok], groups) -> str | None
     """A bone named again just before an attribute, after its finding and outside the finding's own
     location ("radius and ulna fractures, the radius with 4 mm of displacement and the ulna
     nondisplaced"): the attribute belongs to that bone only."""
+    if len(owner.regions) < 2:
+        return None
     for k in range(idx - 1, max(-1, idx - 7), -1):
         t = toks[k]
         if t.kind == "TERM" or owner.start <= k < owner.end or k < owner.end:
-            return None
+            break
         if t.kind == "LOC":
             if owner.location_span[0] <= k <= owner.location_span[1]:
-                return None
-            return t.value if t.value in owner.regions and len(owner.regions) > 1 else None
+                break
+            return t.value if t.value in owner.regions else None
         if t.kind not in ("WORD", "VERB", "PREP", "DISP", "ANG"):
-            return None
+            break
+    # "... with dorsal displacement of the radial fragment": the bone named right after it.
+    if idx + 1 < len(toks) and toks[idx + 1].kind == "PREP" and toks[idx + 1].text == "of":
+        for k in range(idx + 2, min(len(toks), idx + 5)):
+            t = toks[k]
+            if t.kind == "LOC":
+                inside = owner.location_span[0] <= k <= owner.location_span[1]
+                return t.value if t.value in owner.regions and not inside else None
+            if t.kind != "WORD":
+                break
     return None
 
 
