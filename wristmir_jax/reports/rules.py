@@ -7,8 +7,11 @@ returns findings in the schema of `wristmir_jax.schema`. The steps:
    without, "DRF" -> distal radius fracture), correct typos of key terms within one edit
    (Damerau; "fracure", "buckel", "styliod"), via a deletion index built once at import.
 2. Sections: INDICATION / HISTORY / REASON / COMPARISON statements are not current findings and
-   are skipped; TECHNIQUE / EXAM lines count for laterality and cast only; FINDINGS, IMPRESSION
-   (and text before any heading) are mined.
+   are skipped; so are PLAN / RECOMMENDATION sections and any sentence that recommends or plans
+   ("recommend splint", "thumb spica cast recommended", "will be placed in a cast"): a recommended
+   cast is not a cast in place. A TECHNIQUE / EXAM line counts for laterality and cast only (lines
+   after it without a heading are findings); FINDINGS, IMPRESSION and text before any heading are
+   mined.
 3. Each sentence becomes a token stream from one precompiled alternation: concepts (fracture
    words, patterns, displacement, angulation, healing, locations, cast, hardware, swelling),
    negation and uncertainty triggers (pre- and post-), clause terminators, prepositions,
@@ -18,7 +21,15 @@ returns findings in the schema of `wristmir_jax.schema`. The steps:
    "negative for") covers the first finding after it and further findings joined to it by
    "or"/"and"/","; a post-negation ("is not seen", "excluded") covers the finding before it;
    uncertainty ("possible", "questionable", "may represent", "cannot exclude", "suspicious for",
-   "probable") covers the rest of the clause (pre) or the finding before it (post).
+   "probable") covers the findings it modifies on either side within its clause: the rest of the
+   clause (pre), the finding before it (post), backwards when it closes the clause ("..., suspected"),
+   forwards when nothing precedes it ("This is questionable for a fracture"), and the antecedent of a
+   "which" clause. A hedged reading of a sign in the same sentence hedges the sign too ("buckling of
+   the distal radial and ulnar metaphyses, possibly representing buckle fractures": both bones
+   uncertain), and "possibly also involving the distal ulna" adds a hedged finding there.
+   Temporal scope: "old", "remote", "healed and remodelled", "completely healed" mark a finding of a
+   past injury (not present, not healing); a hedged finding "previously questioned" is dropped unless
+   this study confirms it ("now confirmed", callus).
 5. A mention is attached to a location: the one after it through a preposition ("fracture of the
    distal radius"), else the one just before it ("distal radius buckle fracture"), else the nearest
    in the sentence, else the location of the previous finding (discourse: "The fracture is
@@ -26,9 +37,18 @@ returns findings in the schema of `wristmir_jax.schema`. The steps:
    diaphysis, carpal bones, metacarpals and other bones are "elsewhere": they set other_fracture
    and never leak into the three regions.
 6. Displacement, angulation and healing words attach to the nearest finding in their clause
-   (their own negation flips them: "without displacement or angulation").
+   (their own negation flips them: "without displacement or angulation"); a bone named again next
+   to the word restricts it to that bone ("the radius with 4 mm of displacement and the ulna
+   nondisplaced"); "Neither fracture is angulated" / "Both are displaced" and a bare "No
+   displacement." apply to every finding of the section.
 7. Per region: present beats uncertain beats absent, so a global negation ("no acute fracture")
-   only affects regions not positively described.
+   only affects regions not positively described. Every ulnar styloid fracture has pattern
+   "avulsion" (AO pediatric ..u-E/7, ..u-M/7, as the GRAZPEDWRI-DX importer maps it). Hardware
+   that was removed ("K-wires removed", "pin tracts") is no hardware now; a removed cast is no cast.
+   Laterality: technique line, then findings, then the indication (also "L wrist", "R arm", "(L)",
+   "Pain, R."), then the comparison.
+8. `mine_report(text, trace)` fills `trace` with the sentence index and lexicon words behind each
+   field (`wristmir mine --explain ID`).
 """
 
 from __future__ import annotations
@@ -466,7 +486,8 @@ _MENTION_FILLERS = frozenset((
     "type", "like", "pattern", "injury", "injuries", "acute", "subtle", "small", "tiny", "minimal",
     "minimally", "mild", "mildly", "slightly", "slight", "moderately", "moderate", "significantly",
     "significant", "severely", "incomplete", "linear", "impacted", "impaction", "cortical",
-    "fracture-type", "nonunited", "old", "new", "recent", "hairline", "nearly", "partially",
+    "fracture-type", "nonunited", "new", "recent", "hairline", "nearly", "partially",
+    "intra-articular", "intraarticular", "extra-articular", "extraarticular", "articular",
 ))
 _SPECIFICITY = {"salter_harris": 5, "avulsion": 4, "plastic_bowing": 3, "greenstick": 3, "buckle": 2,
                 "complete": 1}
@@ -846,7 +867,7 @@ def _laterality(sections: list[tuple[str, str]]) -> tuple[str | None, str, str]:
 _PLAN = re.compile(r"^\s*(?:please |we )?(?:recommend|suggest|consider|advise|refer|plan\b)|"
                    r"\b(?:recommended|recommend|recommendation|recommends|suggested|is advised|are advised|"
                    r"advised|advise|consider|to be (?:placed|applied|treated)|will be (?:placed|applied|treated)|"
-                   r"should be (?:placed|applied|treated)|if (?:clinical|symptoms|there is|occult|concern|pain))\b")
+                   r"should be (?:placed|applied|treated)|if (?:clinical\w*|symptoms|there is|occult|concern|pain|still))\b")
 _PLAN_HINTS = ("recommend", "suggest", "consider", "advis", "plan", "refer", " be ", "if ")
 # Words that make a previously described (hedged) finding a finding of this study again.
 _CONFIRMS = re.compile(r"(?<!not )(?<!un)\bconfirm(?:ed|ing|s)\b|\bagain (?:seen|noted|identified|demonstrated)\b|"
