@@ -906,7 +906,7 @@ def _earlier_targets(state: dict, groups, idx: int, toks: list[Tok]) -> list[Men
     return state["last"]
 
 
-def _named_bone(idx: int, owner: Mention, toks: list[Tok], groups) -> str | None:
+def _named_bone(idx: int, owner: Mention, toks: list[Tok]) -> str | None:
     """A bone named again just before an attribute, after its finding and outside the finding's own
     location ("radius and ulna fractures, the radius with 4 mm of displacement and the ulna
     nondisplaced"): the attribute belongs to that bone only."""
@@ -1027,7 +1027,7 @@ def _mine_sentence(toks: list[Tok], state: dict, flags: dict, allow_findings: bo
         targets = [owner] if owner is not None else _earlier_targets(state, groups, idx, toks)
         for o in targets:
             if t.kind in ("DISP", "ANG"):
-                region = _named_bone(idx, o, toks, groups) if owner is not None else None
+                region = _named_bone(idx, o, toks) if owner is not None else None
                 _add_attr(o, t.kind, idx, False if t.negated else t.value, region, sent, t.text)
             elif t.kind == "HEAL" and not t.negated:
                 o.healing = True
