@@ -193,6 +193,10 @@ CASES = [
       "ulnar_styloid": {"fracture": P, "pattern": AV, "displaced": False}}, {}),
     ("FINDINGS: Transverse fracture of the distal radius in anatomic position without displacement and angulated "
      "10 degrees.", {"distal_radius": {"fracture": P, "pattern": "complete", "displaced": False, "angulated": True}}, {}),
+    ("FINDINGS: Fractures of the distal radius and ulna with dorsal displacement of the radial fragment.",
+     {"distal_radius": {"fracture": P, "displaced": True}, "distal_ulna": {"fracture": P}}, {}),
+    ("FINDINGS: Subtle buckle of the distal radius, which may be a normal variant.",
+     {"distal_radius": {"fracture": U, "pattern": "buckle"}}, {}),
     # --- laterality from the indication; ulnar styloid = avulsion ----------------------------------
     ("INDICATION: L wrist pain. FINDINGS: Normal.", {}, {"laterality": "left"}),
     ("HISTORY: R arm injury. FINDINGS: No fracture.", {}, {"laterality": "right"}),
@@ -275,3 +279,15 @@ def test_deidentification_rules(text, secret):
 def test_deidentification_keeps_clinical_numbers_and_sections():
     text = "FINDINGS: Buckle 2 cm proximal to the physis, 3 mm, 15 degrees; follow-up in 7-10 days. IMPRESSION: SH II."
     assert deidentify(text) == text
+
+
+@pytest.mark.parametrize("code", ["23u-E/7", "23u-M/7"])
+@pytest.mark.parametrize("phrase", ["FINDINGS: Fracture of the ulnar styloid.", "FINDINGS: Ulnar styloid base fracture.",
+                                   "IMPRESSION: Ulnar styloid fx.", "FINDINGS: The ulnar styloid is fractured."])
+def test_styloid_fractures_mine_as_the_importer_maps_ao_codes(code, phrase):
+    from wristmir_jax.reports.grazpedwri import findings_from_ao
+
+    imported, _, _ = findings_from_ao(code)
+    mined, _ = mine_report(phrase)
+    assert mined == imported
+    assert mined["ulnar_styloid"]["pattern"] == "avulsion"

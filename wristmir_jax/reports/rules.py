@@ -7,8 +7,11 @@ returns findings in the schema of `wristmir_jax.schema`. The steps:
    without, "DRF" -> distal radius fracture), correct typos of key terms within one edit
    (Damerau; "fracure", "buckel", "styliod"), via a deletion index built once at import.
 2. Sections: INDICATION / HISTORY / REASON / COMPARISON statements are not current findings and
-   are skipped; TECHNIQUE / EXAM lines count for laterality and cast only; FINDINGS, IMPRESSION
-   (and text before any heading) are mined.
+   are skipped; so are PLAN / RECOMMENDATION sections and any sentence that recommends or plans
+   ("recommend splint", "thumb spica cast recommended", "will be placed in a cast"): a recommended
+   cast is not a cast in place. A TECHNIQUE / EXAM line counts for laterality and cast only (lines
+   after it without a heading are findings); FINDINGS, IMPRESSION and text before any heading are
+   mined.
 3. Each sentence becomes a token stream from one precompiled alternation: concepts (fracture
    words, patterns, displacement, angulation, healing, locations, cast, hardware, swelling),
    negation and uncertainty triggers (pre- and post-), clause terminators, prepositions,
@@ -18,7 +21,15 @@ returns findings in the schema of `wristmir_jax.schema`. The steps:
    "negative for") covers the first finding after it and further findings joined to it by
    "or"/"and"/","; a post-negation ("is not seen", "excluded") covers the finding before it;
    uncertainty ("possible", "questionable", "may represent", "cannot exclude", "suspicious for",
-   "probable") covers the rest of the clause (pre) or the finding before it (post).
+   "probable") covers the findings it modifies on either side within its clause: the rest of the
+   clause (pre), the finding before it (post), backwards when it closes the clause ("..., suspected"),
+   forwards when nothing precedes it ("This is questionable for a fracture"), and the antecedent of a
+   "which" clause. A hedged reading of a sign in the same sentence hedges the sign too ("buckling of
+   the distal radial and ulnar metaphyses, possibly representing buckle fractures": both bones
+   uncertain), and "possibly also involving the distal ulna" adds a hedged finding there.
+   Temporal scope: "old", "remote", "healed and remodelled", "completely healed" mark a finding of a
+   past injury (not present, not healing); a hedged finding "previously questioned" is dropped unless
+   this study confirms it ("now confirmed", callus).
 5. A mention is attached to a location: the one after it through a preposition ("fracture of the
    distal radius"), else the one just before it ("distal radius buckle fracture"), else the nearest
    in the sentence, else the location of the previous finding (discourse: "The fracture is
@@ -26,9 +37,18 @@ returns findings in the schema of `wristmir_jax.schema`. The steps:
    diaphysis, carpal bones, metacarpals and other bones are "elsewhere": they set other_fracture
    and never leak into the three regions.
 6. Displacement, angulation and healing words attach to the nearest finding in their clause
-   (their own negation flips them: "without displacement or angulation").
+   (their own negation flips them: "without displacement or angulation"); a bone named again next
+   to the word restricts it to that bone ("the radius with 4 mm of displacement and the ulna
+   nondisplaced"); "Neither fracture is angulated" / "Both are displaced" and a bare "No
+   displacement." apply to every finding of the section.
 7. Per region: present beats uncertain beats absent, so a global negation ("no acute fracture")
-   only affects regions not positively described.
+   only affects regions not positively described. Every ulnar styloid fracture has pattern
+   "avulsion" (AO pediatric ..u-E/7, ..u-M/7, as the GRAZPEDWRI-DX importer maps it). Hardware
+   that was removed ("K-wires removed", "pin tracts") is no hardware now; a removed cast is no cast.
+   Laterality: technique line, then findings, then the indication (also "L wrist", "R arm", "(L)",
+   "Pain, R."), then the comparison.
+8. `mine_report(text, trace)` fills `trace` with the sentence index and lexicon words behind each
+   field (`wristmir mine --explain ID`).
 """
 
 from __future__ import annotations
@@ -466,7 +486,8 @@ _MENTION_FILLERS = frozenset((
     "type", "like", "pattern", "injury", "injuries", "acute", "subtle", "small", "tiny", "minimal",
     "minimally", "mild", "mildly", "slightly", "slight", "moderately", "moderate", "significantly",
     "significant", "severely", "incomplete", "linear", "impacted", "impaction", "cortical",
-    "fracture-type", "nonunited", "old", "new", "recent", "hairline", "nearly", "partially",
+    "fracture-type", "nonunited", "new", "recent", "hairline", "nearly", "partially",
+    "intra-articular", "intraarticular", "extra-articular", "extraarticular", "articular",
 ))
 _SPECIFICITY = {"salter_harris": 5, "avulsion": 4, "plastic_bowing": 3, "greenstick": 3, "buckle": 2,
                 "complete": 1}
@@ -599,6 +620,8 @@ def _find_mentions(toks: list[Tok]) -> list[Mention]:
 
 
 _HEAD_KINDS = ("DISP", "ANG", "HEAL", "CAST", "HW", "SWELL")
+# Contrast ends the reach of a hedge; a relative clause ("..., which may represent") does not.
+_SOFT_TERMS = frozenset(("which", "that is"))
 
 
 def _units(toks: list[Tok], mentions: list[Mention]):
@@ -689,22 +712,32 @@ def _apply_scopes(units) -> None:
             after = [ref for k2, ref, cl2 in units[idx + 1:] if cl2 == cl and k2 == "MENTION"]
             if kind == "UNCPOST":
                 if not _scope_backward(units, idx, "uncertain"):
-                    for ref in after:
+                    for ref in after or _antecedent(units, cl):
                         ref.uncertain = True
                 continue
             closes = not any(cl2 == cl and k2 in ("MENTION", "LOC") for k2, _, cl2 in units[idx + 1:])
             targets = after or ([ref for k2, ref, cl2 in units[:idx] if cl2 == cl and k2 == "MENTION"]
                                 if closes else [])
-            for ref in targets:
+            for ref in targets or (_antecedent(units, cl) if closes else []):
                 ref.uncertain = True
         elif kind == "REMOTE":
             for k2, ref, cl2 in units:
                 if cl2 == cl and k2 == "MENTION":
                     ref.remote = True
         elif kind == "UNCCLAUSE":
-            for k2, ref, cl2 in units:
-                if cl2 == cl and k2 == "MENTION":
-                    ref.uncertain = True
+            own = [ref for k2, ref, cl2 in units if cl2 == cl and k2 == "MENTION"]
+            for ref in own or _antecedent(units, cl):
+                ref.uncertain = True
+
+
+def _antecedent(units, clause: int) -> list:
+    """The finding a relative clause modifies: "subtle buckle of the radius, which may be a normal
+    variant" hedges the buckle. Only a clause opened by "which" / "that is" has one."""
+    opens = [ref for k, ref, cl in units if k == "TERM" and cl == clause]
+    if not opens or opens[0].text not in _SOFT_TERMS:
+        return []
+    before = [ref for k, ref, cl in units if k == "MENTION" and cl == clause - 1]
+    return before[-1:]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -834,13 +867,12 @@ def _laterality(sections: list[tuple[str, str]]) -> tuple[str | None, str, str]:
 _PLAN = re.compile(r"^\s*(?:please |we )?(?:recommend|suggest|consider|advise|refer|plan\b)|"
                    r"\b(?:recommended|recommend|recommendation|recommends|suggested|is advised|are advised|"
                    r"advised|advise|consider|to be (?:placed|applied|treated)|will be (?:placed|applied|treated)|"
-                   r"should be (?:placed|applied|treated)|if (?:clinical|symptoms|there is|occult|concern|pain))\b")
+                   r"should be (?:placed|applied|treated)|if (?:clinical\w*|symptoms|there is|occult|concern|pain|still))\b")
+_PLAN_HINTS = ("recommend", "suggest", "consider", "advis", "plan", "refer", " be ", "if ")
 # Words that make a previously described (hedged) finding a finding of this study again.
 _CONFIRMS = re.compile(r"(?<!not )(?<!un)\bconfirm(?:ed|ing|s)\b|\bagain (?:seen|noted|identified|demonstrated)\b|"
                        r"\bpersist\w*|\bremains?\b|\bunchanged\b|\bstable\b|\bnow (?:seen|evident|visible|apparent)\b")
 _PRIOR_WORDS = frozenset(("previously", "prior", "earlier", "initially", "formerly"))
-# Contrast ends the reach of a hedge; a relative clause ("..., which may represent") does not.
-_SOFT_TERMS = frozenset(("which", "that is"))
 
 
 def _nearest_mention(pos: int, clause: int, mentions: list[Mention]) -> Mention | None:
@@ -874,20 +906,31 @@ def _earlier_targets(state: dict, groups, idx: int, toks: list[Tok]) -> list[Men
     return state["last"]
 
 
-def _named_bone(idx: int, owner: Mention, toks: list[Tok], groups) -> str | None:
+def _named_bone(idx: int, owner: Mention, toks: list[Tok]) -> str | None:
     """A bone named again just before an attribute, after its finding and outside the finding's own
     location ("radius and ulna fractures, the radius with 4 mm of displacement and the ulna
     nondisplaced"): the attribute belongs to that bone only."""
+    if len(owner.regions) < 2:
+        return None
     for k in range(idx - 1, max(-1, idx - 7), -1):
         t = toks[k]
         if t.kind == "TERM" or owner.start <= k < owner.end or k < owner.end:
-            return None
+            break
         if t.kind == "LOC":
             if owner.location_span[0] <= k <= owner.location_span[1]:
-                return None
-            return t.value if t.value in owner.regions and len(owner.regions) > 1 else None
+                break
+            return t.value if t.value in owner.regions else None
         if t.kind not in ("WORD", "VERB", "PREP", "DISP", "ANG"):
-            return None
+            break
+    # "... with dorsal displacement of the radial fragment": the bone named right after it.
+    if idx + 1 < len(toks) and toks[idx + 1].kind == "PREP" and toks[idx + 1].text == "of":
+        for k in range(idx + 2, min(len(toks), idx + 5)):
+            t = toks[k]
+            if t.kind == "LOC":
+                inside = owner.location_span[0] <= k <= owner.location_span[1]
+                return t.value if t.value in owner.regions and not inside else None
+            if t.kind != "WORD":
+                break
     return None
 
 
@@ -970,9 +1013,10 @@ def _mine_sentence(toks: list[Tok], state: dict, flags: dict, allow_findings: bo
             regs = state["last_regions"] or (("ulnar_styloid",) if m.pattern == "avulsion" else ("distal_radius",))
         m.regions = regs
         m.heal_words.extend((sent, toks[k].text) for k in range(m.start, m.end) if toks[k].kind == "HEAL")
-    mentions.extend(_hedged_extensions(toks, groups, mentions, sent))
-    _share_hedges(toks, mentions)
-    _prior_mentions(toks, mentions)
+    if any(m.uncertain for m in mentions) or any(t.kind == "UNCPRE" for t in toks):
+        mentions.extend(_hedged_extensions(toks, groups, mentions, sent))
+        _share_hedges(toks, mentions)
+        _prior_mentions(toks, mentions)
     # Attributes outside mentions attach to the nearest mention, or to the previous sentence's.
     for idx, t in enumerate(toks):
         if t.kind not in ("DISP", "ANG", "HEAL"):
@@ -983,16 +1027,17 @@ def _mine_sentence(toks: list[Tok], state: dict, flags: dict, allow_findings: bo
         targets = [owner] if owner is not None else _earlier_targets(state, groups, idx, toks)
         for o in targets:
             if t.kind in ("DISP", "ANG"):
-                region = _named_bone(idx, o, toks, groups) if owner is not None else None
+                region = _named_bone(idx, o, toks) if owner is not None else None
                 _add_attr(o, t.kind, idx, False if t.negated else t.value, region, sent, t.text)
             elif t.kind == "HEAL" and not t.negated:
                 o.healing = True
                 o.heal_words.append((sent, t.text))
     # "Healed distal radius fracture" restating an old, remodelled one is that old fracture.
-    old = {r for o in state["mentions"] if o.remote and not o.negated for r in o.regions}
+    old = state["old_regions"]
     for m in mentions:
-        if m.healing and old & set(m.regions) and all(w == "healed" for _, w in m.heal_words):
+        if old and m.healing and old & set(m.regions) and all(w == "healed" for _, w in m.heal_words):
             m.remote = True
+    old.update(r for m in mentions if m.remote and not m.negated for r in m.regions)
     located = [m for m in mentions if not m.negated and not m.remote]
     state["mentions"].extend(mentions)
     state["section"].extend(mentions)
@@ -1071,12 +1116,14 @@ def _share_hedges(toks: list[Tok], mentions: list[Mention]) -> None:
 def _prior_mentions(toks: list[Tok], mentions: list[Mention]) -> None:
     """"The previously questioned buckle fracture ...": the hedge belongs to the earlier study. The
     finding is current only if this sentence confirms it (or it heals); otherwise it is dropped."""
-    text = " ".join(t.text for t in toks)
-    confirmed = bool(_CONFIRMS.search(text)) or any(t.kind == "HEAL" and not t.negated for t in toks)
+    confirmed = None
     for m in mentions:
         if m.negated or not m.uncertain:
             continue
         if any(toks[k].text in _PRIOR_WORDS for k in range(max(0, m.start - 4), m.start)):
+            if confirmed is None:
+                confirmed = bool(_CONFIRMS.search(" ".join(t.text for t in toks))) \
+                    or any(t.kind == "HEAL" and not t.negated for t in toks)
             if confirmed:
                 m.uncertain = False
             else:
@@ -1153,7 +1200,8 @@ def mine_report(text: str, trace: dict | None = None) -> tuple[dict[str, dict[st
     t = normalize(text)
     sections = split_sections(t)
     tr: dict[str, Any] = {} if trace is None else trace
-    state: dict[str, Any] = {"mentions": [], "section": [], "last": [], "last_regions": (), "trace": tr}
+    state: dict[str, Any] = {"mentions": [], "section": [], "last": [], "last_regions": (), "trace": tr,
+                             "old_regions": set()}
     flags = {"cast": False, "hardware": False, "soft_tissue_swelling": False}
     skipped = tr.setdefault("skipped", [])
     sent_idx = 0
@@ -1164,7 +1212,7 @@ def mine_report(text: str, trace: dict | None = None) -> tuple[dict[str, dict[st
                 continue
             if kind in ("history", "comparison", "plan"):
                 skipped.append((sent_idx, kind))
-            elif _PLAN.search(sent):
+            elif any(h in sent for h in _PLAN_HINTS) and _PLAN.search(sent):
                 skipped.append((sent_idx, "plan"))
             else:
                 _mine_sentence(tokenize(sent), state, flags, kind != "technique", sent_idx)
