@@ -138,3 +138,14 @@ def test_upload_failing_midway_removes_what_it_sent(url, monkeypatch):
                     f.write(name)
     assert len(sent) == 2 and not any(fs.exists(p if "://" in p else f"memory://{p}") for p in sent)
     assert not fs.exists(fs.join(out, "fingerprint.json"))
+
+
+def test_move_a_folder(url, tmp_path):
+    fs.write_bytes(fs.join(url, "c", "7", "x"), b"1")
+    fs.move(fs.join(url, "c", "7"), fs.join(url, "bad", "7"))
+    assert not fs.exists(fs.join(url, "c", "7", "x"))
+    assert fs.read_bytes(fs.join(url, "bad", "7", "x")) == b"1"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f").write_text("z")
+    fs.move(str(tmp_path / "a"), str(tmp_path / "b"))
+    assert (tmp_path / "b" / "f").read_text() == "z" and not (tmp_path / "a").exists()

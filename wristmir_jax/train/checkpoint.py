@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from typing import Any, Callable
 
 import jax
@@ -189,15 +188,15 @@ def quarantine_steps(workdir: str, steps: list[int]) -> list[str]:
     so that saving those step numbers again does not collide with them. Returns the new paths."""
     moved = []
     for step in steps:
-        src = os.path.join(workdir, CHECKPOINT_DIR, str(step))
-        if not os.path.isdir(src):
+        src = fs.join(workdir, CHECKPOINT_DIR, str(step))
+        if not fs.isdir(src):
             continue
-        dst_root = os.path.join(workdir, UNRESTORABLE_DIR)
-        os.makedirs(dst_root, exist_ok=True)
-        dst, n = os.path.join(dst_root, str(step)), 1
-        while os.path.exists(dst):
-            dst, n = os.path.join(dst_root, f"{step}-{n}"), n + 1
-        shutil.move(src, dst)
+        dst_root = fs.join(workdir, UNRESTORABLE_DIR)
+        fs.makedirs(dst_root)
+        dst, n = fs.join(dst_root, str(step)), 1
+        while fs.exists(dst):
+            dst, n = fs.join(dst_root, f"{step}-{n}"), n + 1
+        fs.move(src, dst)
         log.warning("moved unrestorable checkpoint step %d to %s (kept for inspection)", step, dst)
         moved.append(dst)
     return moved

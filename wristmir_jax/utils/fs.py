@@ -217,6 +217,16 @@ def rmtree(path: str | os.PathLike) -> None:
             fs.rm(q, recursive=True)
 
 
+def move(src: str, dst: str) -> None:
+    """Moves a file or folder (on object storage: copy, then delete the source)."""
+    if not is_url(src):
+        shutil.move(src, dst)
+        return
+    with storage_errors(src):
+        fs, q = _fs(src)
+        fs.mv(q, _fs(dst)[1], recursive=True)
+
+
 def _remote_listing(url: str) -> dict[str, int]:
     """{relative posix path: size} of every object under a URL prefix."""
     with storage_errors(url):
