@@ -44,40 +44,21 @@ def _flops(compiled) -> float | None:
 
 
 def run(quick: bool = False) -> dict:
-    from wristmir_jax import losses
     from wristmir_jax.config import load_config
-    from wristmir_jax.train.inputs import SourceBatches, to_global
-    from wristmir_jax.train.mesh import make_mesh, replicated
-    from wristmir_jax.train.state import batch_shardings, build_model, create_train_state
-    from wristmir_jax.train.step import make_train_step
-    from wristmir_jax.train.trainer import _sources, resolve_config
+    from wristmir_jax.train.inputs import SourceBatches
+    from wristmir_jax.train.setup import build_run, data_sources
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     cfg = load_config(os.path.join(root, "configs", "cpu_demo.py"),
                       ["--config.data.source=synthetic", "--config.data.order=global"])
-    cfg = resolve_config(cfg)
     steps = 3 if quick else 10
-    mesh = make_mesh(cfg.mesh)
-    model = build_model(cfg)
-    objective = losses.objective(cfg.loss, mesh=mesh)
-    state, shardings, tx, sched, trainable, _ = create_train_state(cfg, model, mesh)
-    src, _ = _sources(cfg)
+    r = build_run(cfg)
+    mesh, cfg, model, state = r.mesh, r.cfg, r.model, r.state
+    src, _ = data_sources(cfg)
     it = SourceBatches(src, cfg.data.global_batch_size, seed=0)
-    attach = lambda b: b  # noqa: E731
-    if model.text_frozen:  # as in the trainer: the frozen text tower's features come cached
-        from wristmir_jax.models.text_cache import TextFeatureCache
-
-        attach = TextFeatureCache(model, state["params"]).attach
-    batches = [to_global(attach(next(it)), mesh) for _ in range(2)]
-    b_shard = batch_shardings(batches[0], mesh)
-    fn = jax.jit(make_train_step(model, objective, tx, sched, trainable=trainable,
-                                 ema_decay=float(cfg.optim.ema_decay)),
-                 in_shardings=(shardings, b_shard), out_shardings=(shardings, replicated(mesh)),
-                 donate_argnums=(0,))
-    t0 = time.perf_counter()
-    compiled = fn.lower(state, batches[0]).compile()
-    compile_s = time.perf_counter() - t0
-    mem = compiled.memory_analysis()
+    batches = [r.global_batch(next(it)) for _ in range(2)]
+    compiled = r.compile(batches[0])
+    compile_s, mem = r.compile_s, r.memory
     state, m = compiled(state, batches[0])  # warm-up
     jax.block_until_ready(m)
     times = []

@@ -25,6 +25,7 @@ SUITES = {
     "loss-memory": "wristmir_jax.bench.loss_memory",
     "search": "wristmir_jax.bench.search",
     "rerank": "wristmir_jax.bench.rerank",
+    "index-digest": "wristmir_jax.bench.index_digest",
 }
 
 
