@@ -5,9 +5,9 @@ a step, how long does XLA take to compile it.
 `compile_for_topology(cfg, "v5e:16x16")` takes compile-only devices from libtpu
 (`jax.experimental.topologies.get_topology_desc`; the `tpu` extra installs it, and it works on a
 CPU-only host), builds the mesh from `cfg.mesh` over them, runs the trainer's own setup
-abstractly (`jax.eval_shape`: nothing is allocated) so the step, optimizer, state shardings and
-objective are exactly those `wristmir train` uses, and lowers and compiles that step for
-`ShapeDtypeStruct` inputs with the config's shardings. A second compile of the same step with
+(`train/setup.build_run`) abstractly (`jax.eval_shape`: nothing is allocated) so the step,
+optimizer, state shardings and objective are exactly those `wristmir train` uses, and compiles
+that step (`Run.compile`) for `ShapeDtypeStruct` inputs with the config's shardings. A second compile of the same step with
 scanned layers unrolled and remat off gives the model FLOPs (XLA's cost analysis counts a
 scanned layer's body once; recomputation is not useful work).
 
@@ -29,11 +29,10 @@ import ml_collections
 import numpy as np
 
 from wristmir_jax.errors import UserError
+from wristmir_jax.train import setup
 from wristmir_jax.train.checkpoint import abstract_like
-from wristmir_jax.train.mesh import make_mesh, replicated
-from wristmir_jax.train.state import batch_shardings, build_model, create_train_state, dummy_batch
-from wristmir_jax.train.step import make_train_step
-from wristmir_jax.train.trainer import resolve_config
+from wristmir_jax.train.mesh import make_mesh
+from wristmir_jax.train.state import batch_shardings, dummy_batch
 
 GIB = 1024 ** 3
 
@@ -91,33 +90,29 @@ def topology_devices(name: str, slices: int = 1) -> tuple[Chip, list, int]:
     return CHIPS[chip_key], list(desc.devices), math.prod(dims) * slices
 
 
-def _abstract_setup(cfg: ml_collections.ConfigDict, mesh) -> tuple[Any, dict]:
-    """(train step function, state shardings, abstract state) exactly as the trainer builds them
-    for `cfg` on `mesh`, set up under jax.eval_shape: nothing is allocated, so the mesh may be
-    made of compile-only devices. The state's ShapeDtypeStructs carry the state shardings."""
-    from wristmir_jax import losses
-
-    cfg = resolve_config(cfg)
-    model = build_model(cfg)
-    objective = losses.objective(cfg.loss, mesh=mesh)
+def abstract_run(cfg: ml_collections.ConfigDict, mesh) -> setup.Run:
+    """The trainer's Run (`train/setup.build_run`) for `cfg` on `mesh`, built under
+    jax.eval_shape: nothing is allocated, so the mesh may be made of compile-only devices. Its
+    state is left as ShapeDtypeStructs; step, shardings, objective and optimizer are the ones
+    `wristmir train` uses."""
     box = {}
 
     def build():
-        state, shardings, tx, sched, trainable, _ = create_train_state(cfg, model, mesh)
-        box.update(shardings=shardings, tx=tx, sched=sched, trainable=trainable)
-        return state
+        box["run"] = setup.build_run(cfg, mesh)
+        return box["run"].state
 
     shapes = jax.eval_shape(build)
-    step_fn = make_train_step(model, objective, box["tx"], box["sched"],
-                              grad_accum=int(cfg.train.grad_accum), trainable=box["trainable"],
-                              ema_decay=float(cfg.optim.ema_decay))
-    return step_fn, box["shardings"], abstract_like(shapes, box["shardings"])
+    run = box["run"]
+    run.state = abstract_like(shapes, run.shardings)
+    return run
 
 
 def abstract_batch(cfg: ml_collections.ConfigDict, mesh) -> dict:
     """The global batch's ShapeDtypeStructs with the trainer's batch shardings."""
-    host = dummy_batch(cfg.model, int(cfg.data.global_batch_size))
-    return abstract_like(host, batch_shardings(host, mesh))
+    one = dummy_batch(cfg.model, 1)
+    gbs = int(cfg.data.global_batch_size)
+    shapes = {k: jax.ShapeDtypeStruct((gbs,) + v.shape[1:], v.dtype) for k, v in one.items()}
+    return abstract_like(shapes, batch_shardings(shapes, mesh))
 
 
 def for_compile(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -146,15 +141,11 @@ def largest_buffers(hlo_text: str, top: int = 5) -> list[tuple[str, str, int]]:
 
 
 def compile_step(cfg, mesh):
-    """(abstract state, compiled train step, seconds to lower + compile) for cfg on mesh."""
-    step_fn, shardings, state = _abstract_setup(cfg, mesh)
-    batch = abstract_batch(cfg, mesh)
-    t0 = time.perf_counter()
-    lowered = jax.jit(step_fn, in_shardings=(shardings, batch_shardings(batch, mesh)),
-                      out_shardings=(shardings, replicated(mesh)),
-                      donate_argnums=(0,)).lower(state, batch)
-    compiled = lowered.compile()
-    return state, compiled, time.perf_counter() - t0
+    """(abstract state, compiled train step, seconds to lower + compile) for cfg on mesh: the
+    Run's own `compile` with the global batch's ShapeDtypeStructs."""
+    run = abstract_run(cfg, mesh)
+    compiled = run.compile(abstract_batch(run.cfg, mesh))
+    return run.state, compiled, run.compile_s
 
 
 def _flops(compiled) -> float:
