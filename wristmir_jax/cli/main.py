@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("wristmir_jax.cli.embed", "embed a split into a retrieval index"),
     "search": ("wristmir_jax.cli.search", "query an index (image, text or id), optionally per bone"),
     "evaluate": ("wristmir_jax.cli.evaluate", "retrieval and diagnosis metrics for an index"),
+    "aot": ("wristmir_jax.cli.aot", "compile the train step for a TPU topology: fits in HBM? FLOPs"),
     "bench": ("wristmir_jax.cli.bench", "throughput / memory benchmarks (JSON)"),
     "demo": ("wristmir_jax.cli.demo", "the whole pipeline on synthetic data, ending in report.md"),
 }
