@@ -394,9 +394,38 @@ def compare(cfg, batch_sizes=(32, 64), repeats: int = 3, threads: int | None = N
     return out
 
 
-def run(quick: bool = False, variant: str = "", overrides=None, batch_sizes=None,
+def run(quick: bool = False, config: str | None = None, batch: int | None = None,
         repeats: int | None = None) -> dict:
-    cfg = load_parity_config("tiny" if quick and not variant else variant, overrides)
-    bs = tuple(batch_sizes or ((8,) if quick else (32, 64)))
-    return compare(cfg, bs, repeats or (2 if quick else 3),
-                   peak_sizes=(256, 512) if quick else peak.DEFAULT_SIZES)
+    """--quick: the `:tiny` architecture at batch 8 and small peak matmuls (a smoke run);
+    --config: a clip_parity variant as `configs/clip_parity.py:VARIANT` (e.g. `:bf16`)."""
+    variant = ""
+    if config:
+        path, _, variant = config.partition(":")
+        if os.path.basename(path) != "clip_parity.py":
+            from wristmir_jax.errors import UserError
+
+            raise UserError(f"--config {config}: clip-parity runs configs/clip_parity.py[:variant]")
+    if quick and not variant:
+        variant = "tiny"
+    cfg = load_parity_config(variant)
+    sizes = (batch,) if batch else ((8,) if quick else (32, 64))
+    out = compare(cfg, sizes, repeats or (2 if quick else 3),
+                  peak_sizes=(256, 512) if quick else peak.DEFAULT_SIZES)
+    out["variant"] = variant
+    if not (out["check"]["params_equal"] and out["check"]["forward_flops_equal"]):
+        out["warning"] = "the two models differ in parameter count or forward FLOPs"
+    return out
+
+
+def plot(result: dict) -> list[dict]:
+    from wristmir_jax.bench.plots import panel
+
+    bs = sorted(result["batches"], key=int)
+    rows = [result["batches"][b] for b in bs]
+    groups = [f"batch {b}" for b in bs]
+    return [panel("clip-parity: train examples/s", "examples / s", groups,
+                  {"ours (JAX)": [r["ours"]["examples_per_s"] for r in rows],
+                   "open_clip (PyTorch)": [r["open_clip"]["examples_per_s"] for r in rows]}),
+            panel("clip-parity: MFU (vs dense matmul peak)", "MFU", groups,
+                  {"ours (JAX)": [r["ours"]["mfu"] for r in rows],
+                   "open_clip (PyTorch)": [r["open_clip"]["mfu"] for r in rows]})]
