@@ -44,6 +44,7 @@ def test_quickstart_notebook_runs(tiny_demo_folder, monkeypatch, tmp_path):
 def test_report_from_a_real_evaluation(tiny_demo_folder, tmp_path):
     from wristmir_jax.eval.demo_report import pick_panel_queries, write_report
     from wristmir_jax.eval.evaluate import evaluate_index, write_outputs
+    from wristmir_jax.eval.grounding import evaluate_grounding
     from wristmir_jax.retrieval.store import load_index
     from wristmir_jax.schema import REGIONS, fracture_labels
 
@@ -51,6 +52,9 @@ def test_report_from_a_real_evaluation(tiny_demo_folder, tmp_path):
     shutil.copytree(tiny_demo_folder, out)
     res = evaluate_index(os.path.join(out, "index_test"), os.path.join(out, "index_train"),
                          out_dir=os.path.join(out, "eval"), ks=(1, 5, 10))
+    res["grounding"] = evaluate_grounding(os.path.join(out, "index_test"),
+                                          os.path.join(out, "in", "boxes.jsonl"),
+                                          out_dir=os.path.join(out, "eval"), overlays=2)
     write_outputs(res, os.path.join(out, "eval", "metrics.json"))
     path = write_report(out, quick=True, stage_seconds={"train": 12.0})
     text = open(path).read()
@@ -71,3 +75,9 @@ def test_report_from_a_real_evaluation(tiny_demo_folder, tmp_path):
         assert labels[pos, REGIONS.index(r)]
         assert os.path.getsize(os.path.join(out, "panels", f"{r}.png")) > 1000
         assert f"panels/{r}.png" in text
+    # phrase grounding: every test item with its three (localizer-file) boxes, overlays linked
+    g = res["grounding"]
+    assert all(v["n"] == test.count for v in g["per_bone"].values())
+    assert "Phrase grounding" in text and f"| {g['mean_pointing_game']:.3f}" in text.replace("**", "")
+    for p in g["overlays"]:
+        assert f"eval/{p}" in text and os.path.getsize(os.path.join(out, "eval", p)) > 1000

@@ -32,7 +32,7 @@ def load_bench_config(config: str | None, batch: int | None = None, overrides=()
     """The config with synthetic in-memory data in global order (no DATA_DIR needed) and the
     batch override; a relative path that does not exist is looked up under the repository."""
     from wristmir_jax.config import load_config
-    from wristmir_jax.train.trainer import resolve_config
+    from wristmir_jax.train.setup import resolve_config
 
     spec = config or DEFAULT_CONFIG
     path, sep, variant = spec.partition(":")
@@ -46,41 +46,23 @@ def load_bench_config(config: str | None, batch: int | None = None, overrides=()
 
 
 def prepare(cfg, mesh):
-    """(compiled step, state, batch iterator yielding device batches, model, compile seconds,
-    memory analysis, the first device batch): the trainer's step, state and input path."""
-    from wristmir_jax import losses
-    from wristmir_jax.train.inputs import SourceBatches, to_global
-    from wristmir_jax.train.mesh import replicated
-    from wristmir_jax.train.state import batch_shardings, build_model, create_train_state
-    from wristmir_jax.train.step import make_train_step
-    from wristmir_jax.train.trainer import _sources
+    """(compiled step, state, device batch iterator, model, compile seconds, first device batch)
+    from the shared setup (train/setup.build_run): the trainer's step, state and input path."""
+    from wristmir_jax.train.inputs import SourceBatches
+    from wristmir_jax.train.setup import build_run, data_sources
 
-    model = build_model(cfg)
-    objective = losses.objective(cfg.loss, mesh=mesh)
-    state, shardings, tx, sched, trainable, _ = create_train_state(cfg, model, mesh)
-    src, _ = _sources(cfg)
-    it = SourceBatches(src, cfg.data.global_batch_size, seed=0)
-    attach = lambda b: b  # noqa: E731
-    if model.text_frozen:  # as in the trainer: the frozen text tower's features come cached
-        from wristmir_jax.models.text_cache import TextFeatureCache
-
-        attach = TextFeatureCache(model, state["params"]).attach
+    r = build_run(cfg, mesh)
+    src, _ = data_sources(r.cfg)
+    it = SourceBatches(src, r.cfg.data.global_batch_size, seed=0)
 
     def batches():
         while True:
-            yield to_global(attach(next(it)), mesh)
+            yield r.global_batch(next(it))  # frozen-tower text features attached, placed
 
     gen = batches()
     first = next(gen)
-    fn = jax.jit(make_train_step(model, objective, tx, sched, trainable=trainable,
-                                 grad_accum=int(cfg.train.grad_accum),
-                                 ema_decay=float(cfg.optim.ema_decay)),
-                 in_shardings=(shardings, batch_shardings(first, mesh)),
-                 out_shardings=(shardings, replicated(mesh)), donate_argnums=(0,))
-    t0 = time.perf_counter()
-    compiled = fn.lower(state, first).compile()
-    compile_s = time.perf_counter() - t0
-    return compiled, state, gen, model, compile_s, first
+    compiled = r.compile(first)
+    return compiled, r.state, gen, r.model, r.compile_s, first
 
 
 def memory_of(compiled) -> dict:

@@ -29,6 +29,7 @@ SUITES = {
     "loss-memory": "wristmir_jax.bench.loss_memory",
     "search": "wristmir_jax.bench.search",
     "rerank": "wristmir_jax.bench.rerank",
+    "index-digest": "wristmir_jax.bench.index_digest",
     "clip-parity": "wristmir_jax.bench.clip_parity",
     "scaling": "wristmir_jax.bench.scaling",
 }

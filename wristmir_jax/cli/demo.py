@@ -83,7 +83,8 @@ def _stage_plan(out: str, sizes: dict, seed: int, config_dir: str) -> list[tuple
          [os.path.join(out, "index_train"), os.path.join(out, "index_test")]),
         ("evaluate", ["evaluate", "--index", os.path.join(out, "index_test"),
                       "--train-index", os.path.join(out, "index_train"), "--queries", "test",
-                      "--out", os.path.join(out, "eval", "metrics.json")], [os.path.join(out, "eval")]),
+                      "--out", os.path.join(out, "eval", "metrics.json"),
+                      "--grounding-boxes", os.path.join(synth, "gold.jsonl")], [os.path.join(out, "eval")]),
     ]
 
 

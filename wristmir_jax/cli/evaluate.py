@@ -2,7 +2,11 @@
 metrics.json`: retrieval metrics (Recall/Precision/mAP/nDCG@K with report-derived graded
 relevance, per region and global), image<->report recall, kNN fracture diagnosis per bone and a
 linear probe, for global-only, region-only and two-stage retrieval. Writes metrics.json, a
-markdown table (results.md), plots and TREC run/qrels files (trec/) beside it."""
+markdown table (results.md), plots and TREC run/qrels files (trec/) beside it.
+
+With `--grounding-boxes GOLD.jsonl` (boxes no training saw, e.g. the generator's gold.jsonl) it
+also measures phrase grounding of the index's model (eval/grounding.py: pointing game and IoU per
+bone), into metrics.json["grounding"], results.md and overlay PNGs in grounding/."""
 
 from __future__ import annotations
 
@@ -22,6 +26,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-k", "--ks", default="1,5,10,20,50", help="cut-offs, comma-separated")
     p.add_argument("--knn-k", type=int, default=None, help="neighbours voting in kNN diagnosis (default 10)")
     p.add_argument("--no-trec", action="store_true", help="skip the TREC run/qrels export")
+    p.add_argument("--grounding-boxes", default=None,
+                   help="gold boxes jsonl ({id, boxes: {bone: [x0,y0,x1,y1]}}, original pixels): "
+                        "also measure phrase grounding (needs the index's workdir and DATA_DIR)")
+    p.add_argument("--grounding-manifest", default=None,
+                   help="manifest.jsonl of those images (image sizes, laterality); default: the "
+                        "manifest.jsonl beside --grounding-boxes")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +53,20 @@ def run(args: argparse.Namespace) -> int:
     out_dir = os.path.dirname(os.path.abspath(args.out))
     res = evaluate_index(args.index, args.train_index, cfg, queries=args.queries, out_dir=out_dir,
                          ks=ks, knn_k=args.knn_k, export_trec=not args.no_trec)
+    if args.grounding_boxes:
+        from wristmir_jax.eval.grounding import evaluate_grounding
+
+        res["grounding"] = evaluate_grounding(args.index, args.grounding_boxes, args.grounding_manifest,
+                                              out_dir=out_dir)
     paths = write_outputs(res, args.out)
+    if "grounding" in res:
+        from wristmir_jax.eval.grounding import markdown as grounding_markdown
+
+        with open(paths["table"], "a", encoding="utf-8") as f:
+            f.write("\n" + "\n".join(grounding_markdown(res["grounding"])))
+        g = res["grounding"]["per_bone"]
+        print("pointing game: " + ", ".join(f"{r} {v['pointing_game']:.3f}" for r, v in g.items()
+                                            if v["pointing_game"] is not None))
     two = res["diagnosis_knn"]["two_stage"]["mean_f1"]
     glob = res["diagnosis_knn"]["global"]["mean_f1"]
     print(f"{res['queries']} queries: kNN mean F1 two-stage {two:.3f} vs global-only {glob:.3f}; "

@@ -4,7 +4,9 @@
    and fracture AUROC from the embeddings, each against the targets of the method;
 2. retrieval metrics per condition and method, image <-> report recall;
 3. the data that went in (generator, miner, localizer) and the stage timings;
-4. three retrieval panels: a test image with a fracture of one bone, queried against the training
+4. phrase grounding (when evaluate measured it): pointing game and IoU per bone against the
+   generator's gold boxes, with a few heatmap overlays;
+5. three retrieval panels: a test image with a fracture of one bone, queried against the training
    archive, two-stage for that bone (top row) and global-only (bottom row).
 
 Everything is read from the files the stages wrote (eval/metrics.json, summaries); nothing is
@@ -25,6 +27,8 @@ from wristmir_jax.utils.fs import atomic_write, read_json_or_none
 # The method's targets (the issue; the WristMIR paper reports 0.568 -> 0.753 and AUROC 0.949).
 TARGET_F1_GAIN = 0.10
 TARGET_AUROC = 0.90
+TARGET_POINTING = 0.85  # per bone, on the full demo (issue 21)
+OVERLAYS_SHOWN = 3
 PANEL_K = 5
 
 
@@ -99,6 +103,23 @@ def _retrieval_md(metrics: dict) -> list[str]:
             lines.append(f"| {name.replace('_', ' ')} | "
                          + " | ".join(_f(metrics[name].get(f"recall@{x}")) for x in ks) + " |")
     return lines + [""]
+
+
+def _grounding_md(out: str, metrics: dict) -> list[str]:
+    from wristmir_jax.eval.grounding import markdown
+
+    g = metrics.get("grounding")
+    if not g:
+        return []
+    lines = markdown(g)
+    met = [v["pointing_game"] is not None and v["pointing_game"] >= TARGET_POINTING
+           for v in g["per_bone"].values()]
+    lines += [f"Pointing game >= {TARGET_POINTING:.2f} for every bone: "
+              f"{'met' if all(met) else '**not met**'}. Heatmaps of each bone's region caption over "
+              "the test image (white box: gold box; x: the heatmap maximum).", ""]
+    for p in (g.get("overlays") or [])[:OVERLAYS_SHOWN]:
+        lines += [f"![grounding]({os.path.join('eval', p)})", ""]  # relative to eval/metrics.json
+    return lines
 
 
 def _inputs_md(out: str, stage_seconds: dict) -> list[str]:
@@ -221,6 +242,7 @@ def write_report(out: str, quick: bool = False, stage_seconds: dict | None = Non
     lines += _headline_md(metrics, h)
     lines += ["![per-bone kNN F1](eval/f1_per_bone.png)", "", "![Recall@K](eval/recall_at_k.png)", ""]
     lines += _retrieval_md(metrics)
+    lines += _grounding_md(out, metrics)
     lines += _inputs_md(out, stage_seconds or {})
     panels = write_panels(out)
     lines += ["## Example retrievals", "",

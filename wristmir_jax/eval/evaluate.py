@@ -1,5 +1,6 @@
 """Evaluation of an index: retrieval metrics per condition (global, each bone) and method
-(global-only, region-only, two-stage), image<->text recall, kNN fracture diagnosis per bone, and
+(global-only, region-only, two-stage, exhaustive rerank), image<->text recall, image->report
+nDCG with graded report relevance, kNN fracture diagnosis per bone, and
 a linear probe on frozen embeddings; TREC export, a markdown table and plots.
 
 Queries: `queries="test"` uses the index's own items as queries (the index must hold that
@@ -35,6 +36,7 @@ from wristmir_jax.utils.fs import atomic_write
 from wristmir_jax.utils.log import get_logger
 
 CONDITIONS = ("global",) + REGIONS
+PROBE_FEATURES = ("global", "region", "two_stage")
 DEFAULT_KNN_K = 10
 _REL_ROW = {"global": 3, **{r: i for i, r in enumerate(REGIONS)}}
 
@@ -103,7 +105,7 @@ def _probe(train: Index, test_q: QueryEmbeddings, q_labels: np.ndarray, seed: in
     ta = train.arrays
     t_labels = fracture_labels(np.asarray(ta.records))
     out: dict[str, dict] = {}
-    for m in METHODS:
+    for m in PROBE_FEATURES:
         res = {"auroc": {}, "auprc": {}}
         for r_i, r in enumerate(REGIONS):
             def feats(g, reg, mask):
@@ -150,6 +152,7 @@ def evaluate_index(index_dir: str, train_index_dir: str | None = None, cfg: Any 
         rankings[(c, "global")] = glob
         rankings[(c, "region")] = retriever.image_to_image(q, region=region, k=depth, method="region")
         rankings[(c, "two_stage")] = retriever.image_to_image(q, region=region, k=depth, method="two_stage")
+        rankings[(c, "exhaustive")] = retriever.image_to_image(q, region=region, k=depth, method="exhaustive")
 
     qg = q.groups if q.groups is not None else np.full(n_q, -1, np.int32)
     gains = _gains(q_records, np.asarray(index.arrays.records), qg, retriever.codes)
@@ -175,6 +178,9 @@ def evaluate_index(index_dir: str, train_index_dir: str | None = None, cfg: Any 
                      "region_weights": list(s.region_weights), "coarse_k": s.coarse_k},
         "retrieval": retrieval,
     }
+    # image -> report, graded: the database's reports ranked for each query image (other
+    # patients only), each retrieved report's gain = the relevance of its findings to the query's
+    result["image_to_report_graded"] = image_to_report_graded(retriever, q, gains, ks)
     if own:
         own_pos = np.arange(n_q)
         _, i2t = retriever.image_to_report(q, k=max(ks))
@@ -206,6 +212,14 @@ def evaluate_index(index_dir: str, train_index_dir: str | None = None, cfg: Any 
     return _nan_to_none(result)
 
 
+def image_to_report_graded(retriever: Retriever, q: QueryEmbeddings, gains: np.ndarray,
+                           ks: tuple[int, ...]) -> dict[str, dict]:
+    """{condition: mean ranking metrics} of image->report retrieval (same-patient reports
+    excluded) with the graded gains of `gains` (int8[4, Q, N], row 3 global, rows 0-2 bones)."""
+    _, idx = retriever.image_to_report(q, k=max(ks), exclude_same_patient=True)
+    return {c: M.mean_metrics(M.ranking_metrics(idx, gains[_REL_ROW[c]], ks)) for c in CONDITIONS}
+
+
 # --- outputs --------------------------------------------------------------------------------
 def _fmt(v) -> str:
     return "-" if v is None else f"{v:.3f}"
@@ -233,6 +247,11 @@ def markdown_table(result: dict) -> str:
                   "| direction | " + " | ".join(f"R@{k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
         for name in ("image_to_text", "text_to_image"):
             lines.append(f"| {name} | " + " | ".join(_fmt(result[name].get(f'recall@{k}')) for k in ks) + " |")
+    if "image_to_report_graded" in result:
+        lines += ["", "## Image -> report, graded relevance of the retrieved reports (other patients)", "",
+                  "| condition | " + " | ".join(f"nDCG@{k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+        for c, v in result["image_to_report_graded"].items():
+            lines.append(f"| {c} | " + " | ".join(_fmt(v.get(f'ndcg@{k}')) for k in ks) + " |")
     lines += ["", "## Fracture diagnosis per bone", "",
               "| method | " + " | ".join(f"F1 {r}" for r in REGIONS) + " | mean F1 | "
               + " | ".join(f"AUROC {r}" for r in REGIONS) + " |", "|---|" + "---|" * (2 * len(REGIONS) + 1)]

@@ -13,14 +13,18 @@ of identical captions and missing crops):
   global_supcon, local_supcon              image-image supervised contrastive, positives from
                                            report relevance    threshold=0.75, temperature=0.1
   anatomy_soft                             anatomy-conditioned soft InfoNCE over all bones
+  word_region                              GLoRIA-style word <-> location attention between the
+                                           global caption and the global image's spatial
+                                           features, symmetric InfoNCE   agg=5.0
+                                           (needs model.word_features; see word_region.py)
   {global,local}_{clip,siglip,multipos}_ring   the same values and gradients computed blockwise
                                            over the mesh's data axis    mesh=None, axis="data"
                                            (+ threshold for multipos)
 The objective's config shape is documented in objective.py.
 """
 
-from wristmir_jax.losses import contrastive, ring  # noqa: F401  (registers the terms)
+from wristmir_jax.losses import contrastive, ring, word_region  # noqa: F401  (registers the terms)
 from wristmir_jax.losses.objective import objective
 from wristmir_jax.losses.registry import get, names, register
 
-__all__ = ["objective", "register", "get", "names", "contrastive", "ring"]
+__all__ = ["objective", "register", "get", "names", "contrastive", "ring", "word_region"]

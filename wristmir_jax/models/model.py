@@ -20,6 +20,12 @@ f32[B,3,W] (the frozen tower's pooled outputs, from models/text_cache.TextFeatur
 then projects those instead of running the text tower, which is what makes a pretrained
 MiniLM text tower affordable on CPU (it runs once per distinct caption, not once per example).
 
+With `word_features` encode also returns `spatial_img` f32[B,h,w,D] (every location of the global
+image tower's last feature map through the global image projection), `word_txt` f32[B,L,D] (every
+global caption token through the global text projection; with a frozen tower from the batch's
+`global_token_feat` f32[B,L,W]) and the learned `word_attn_scale` / `word_scale`: the inputs of
+the word-region term. `encode_spatial` / `encode_words` give the same for any model (grounding).
+
 Towers: global image (ViT or ResNet) <-> global caption; local image (one tower shared across the
 three bones with a region embedding, or one per bone, vmapped) <-> region caption. The text
 tower is shared by global and region captions unless `share_text_tower=False`. Four projection
@@ -48,6 +54,9 @@ from wristmir_jax.models.vit import ViT, ViTSpec
 from wristmir_jax.schema import NUM_REGIONS
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Word -> location attention sharpness of a model without a learned one (GLoRIA's gamma_1), used
+# for grounding maps of models trained without the word-region term; also the learned one's init.
+WORD_ATTN_SCALE = 4.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +71,7 @@ class NetSpec:
     init_log_scale: float
     init_bias: float
     max_scale: float
+    word_features: bool = False
 
 
 def _tower_cls(spec):
@@ -104,6 +114,14 @@ class WristNet(nn.Module):
         self.global_bias = self.param("global_bias", bias_init, (), jnp.float32)
         self.local_log_scale = self.param("local_log_scale", scale_init, (), jnp.float32)
         self.local_bias = self.param("local_bias", bias_init, (), jnp.float32)
+        if s.word_features:
+            # The word-region term's learned attention sharpness and logit scale (losses/
+            # word_region.py; GLoRIA's gamma_1 = 4 and gamma_3 = 10 as starting values).
+            self.word_attn_log_scale = self.param(
+                "word_attn_log_scale", logical(nn.initializers.constant(math.log(WORD_ATTN_SCALE)), ()),
+                (), jnp.float32)
+            self.word_log_scale = self.param(
+                "word_log_scale", logical(nn.initializers.constant(math.log(10.0)), ()), (), jnp.float32)
 
     def _region_text_tower(self):
         return self.text if self.spec.share_text_tower else self.local_text
@@ -111,6 +129,39 @@ class WristNet(nn.Module):
     def embed_image(self, image):
         pooled, _ = self.global_image(image)
         return _l2_normalize(self.global_image_proj(pooled))
+
+    def _spatial(self, fmap):
+        """The global tower's last feature map as a grid [B,h,w,width] (ViT: patch tokens)."""
+        if isinstance(self.spec.global_image, ViTSpec):
+            g = self.spec.global_image.grid
+            return fmap[:, 1:].reshape(fmap.shape[0], g, g, fmap.shape[-1])
+        return fmap
+
+    def embed_image_spatial(self, image):
+        """(global embedding f32[B,D], spatial embedding f32[B,h,w,D]): every location of the
+        last feature map through the global image projection, L2-normalised, from one tower run."""
+        pooled, fmap = self.global_image(image)
+        spatial = _l2_normalize(self.global_image_proj(self._spatial(fmap)))
+        return _l2_normalize(self.global_image_proj(pooled)), spatial
+
+    def spatial_embed(self, image):
+        return self.embed_image_spatial(image)[1]
+
+    def embed_words(self, tokens, mask):
+        """f32[B,L,D]: every token's hidden state through the global text projection (the words
+        the word-region term aligns; padding rows are meaningless, use the mask)."""
+        _, h = self.text(tokens, mask)
+        return _l2_normalize(self.global_text_proj(h))
+
+    def global_text_states(self, tokens, mask):
+        """(pooled f32[B,W], hidden states f32[B,L,W]) of the global text tower, no projection."""
+        pooled, h = self.text(tokens, mask)
+        return pooled.astype(jnp.float32), h.astype(jnp.float32)
+
+    def word_scales(self):
+        """(attention scale, logit scale) of the word-region term."""
+        clip = lambda v: jnp.minimum(v, self.spec.max_scale) if self.spec.max_scale > 0 else v
+        return clip(jnp.exp(self.word_attn_log_scale)), clip(jnp.exp(self.word_log_scale))
 
     def embed_crops(self, crops):
         b, r = crops.shape[:2]
@@ -162,12 +213,18 @@ class WristNet(nn.Module):
 
     def __call__(self, batch):
         b = batch["image"].shape[0]
+        words = None
         if "global_text_feat" in batch:
             # A frozen text tower's pooled features, computed once per caption (TextFeatureCache):
             # only the projection heads see the gradient.
             dt = self.spec.text.dtype
             global_txt = _l2_normalize(self.global_text_proj(batch["global_text_feat"].astype(dt)))
             region_txt = _l2_normalize(self.local_text_proj(batch["region_text_feat"].astype(dt)))
+            if self.spec.word_features:
+                if "global_token_feat" not in batch:
+                    raise KeyError("model.word_features with a frozen text tower needs "
+                                   "batch['global_token_feat'] (TextFeatureCache with tokens)")
+                words = _l2_normalize(self.global_text_proj(batch["global_token_feat"].astype(dt)))
         else:
             rt = batch["region_tokens"]
             length = rt.shape[-1]
@@ -176,12 +233,22 @@ class WristNet(nn.Module):
                 rt.reshape(b * NUM_REGIONS, length),
                 batch["region_mask"].reshape(b * NUM_REGIONS, length),
                 region_ids).reshape(b, NUM_REGIONS, -1)
-            global_txt = self.embed_global_text(batch["global_tokens"], batch["global_mask"])
-        out = {"global_img": self.embed_image(batch["image"]),
+            pooled, h = self.text(batch["global_tokens"], batch["global_mask"])
+            global_txt = _l2_normalize(self.global_text_proj(pooled))
+            if self.spec.word_features:
+                words = _l2_normalize(self.global_text_proj(h))
+        if self.spec.word_features:
+            global_img, spatial = self.embed_image_spatial(batch["image"])
+        else:
+            global_img, spatial = self.embed_image(batch["image"]), None
+        out = {"global_img": global_img,
                "global_txt": global_txt,
                "region_img": self.embed_crops(batch["crops"]),
                "region_txt": region_txt}
         out.update(self.logit_params())
+        if self.spec.word_features:
+            out["spatial_img"], out["word_txt"] = spatial, words
+            out["word_attn_scale"], out["word_scale"] = self.word_scales()
         return out
 
 
@@ -229,7 +296,7 @@ def net_spec(cfg: ml_collections.ConfigDict, deterministic: bool = True) -> NetS
         local_shared=shared, region_embedding=region_emb, text=text,
         share_text_tower=bool(cfg.share_text_tower),
         init_log_scale=float(math.log(1.0 / cfg.init_temperature)), init_bias=float(cfg.init_bias),
-        max_scale=float(cfg.max_scale))
+        max_scale=float(cfg.max_scale), word_features=bool(cfg.get("word_features", False)))
 
 
 # ----------------------------------------------------------------------------- public model
@@ -283,6 +350,8 @@ class WristModel:
         if "global_text_feat" in batch:  # cached frozen-tower features (models/text_cache.py)
             out["global_text_feat"] = batch["global_text_feat"]
             out["region_text_feat"] = batch["region_text_feat"]
+            if "global_token_feat" in batch:
+                out["global_token_feat"] = batch["global_token_feat"]
         return out
 
     # -- init
@@ -342,6 +411,33 @@ class WristModel:
         """f32[B,W]: the (region) text tower's pooled output for region captions."""
         return self._apply(params, tokens, mask, jnp.asarray(region_index),
                            method=WristNet.region_text_features)
+
+    def encode_spatial(self, params, image):
+        """f32[B,h,w,D]: the global image tower's last feature map, each location through the
+        global image projection, L2-normalised (the word-region term's and grounding's input)."""
+        return self._apply(params, image, method=WristNet.spatial_embed)
+
+    def encode_words(self, params, tokens, mask):
+        """f32[B,L,D]: each caption token through the (global) text tower and projection."""
+        return self._apply(params, tokens, mask, method=WristNet.embed_words)
+
+    def global_text_states(self, params, tokens, mask):
+        """(pooled f32[B,W], token hidden states f32[B,L,W]) of the global text tower."""
+        return self._apply(params, tokens, mask, method=WristNet.global_text_states)
+
+    def word_attn_scale(self, params):
+        """The word -> location attention scale: learned with model.word_features, else the
+        fixed WORD_ATTN_SCALE."""
+        if self.word_features:
+            return self._apply(params, method=WristNet.word_scales)[0]
+        return jnp.float32(WORD_ATTN_SCALE)
+
+    @property
+    def word_features(self) -> bool:
+        """True when cfg.word_features: encode also returns spatial_img, word_txt and the word
+        scales (the word-region term's inputs); a frozen text tower's cache then keeps each
+        distinct global caption's token hidden states too."""
+        return self.spec.word_features
 
     @property
     def text_frozen(self) -> bool:

@@ -54,6 +54,10 @@ text                 BERT-style text tower (global captions; region captions too
                      trainer and `embed` compute its pooled features once per distinct caption
                      (models/text_cache.py). Meant for a pretrained tower.
 
+word_features        encode also returns the global image's spatial embeddings, the global
+                     caption's per-token embeddings and the learned word-region scales: the
+                     inputs of the `word_region` loss term (losses/word_region.py).
+
 share_text_tower     global and region captions go through one text tower (separate projection
                      heads either way); False gives the region captions their own tower.
 """
@@ -99,7 +103,7 @@ def _model(image: dict, local: dict, text: dict, *, embed_dim: int = 256, dtype:
            remat: bool = False, scan_layers: bool = False) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         embed_dim=embed_dim, dtype=dtype, remat=remat, scan_layers=scan_layers, dropout=0.0,
-        init_temperature=0.07, init_bias=-10.0, max_scale=100.0,
+        init_temperature=0.07, init_bias=-10.0, max_scale=100.0, word_features=False,
         image=image, local=local, text=text, share_text_tower=True))
 
 

@@ -13,10 +13,18 @@ captions share an entry only when the tower would see identical inputs. New capt
 in fixed-size chunks by one jitted function (one compilation per tower); `prefill` encodes a
 whole split's distinct captions up front (the trainer and `embed` do), so the tower runs in the
 fewest chunks and never inside the training loop.
+
+With `tokens=True` (the default when the model has `word_features`, i.e. the word-region term is
+on) the cache also keeps each distinct global caption's token hidden states (up to its last real
+token) and `attach` adds `global_token_feat` f32[B,L,W]. Those are L times larger than the pooled
+features, so they live in a least-recently-used table of at most `max_token_entries` captions
+(the pooled table is small and unbounded); an evicted caption is run through the tower again
+when it comes back.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 import jax
@@ -32,13 +40,20 @@ class TextFeatureCache:
     `params` are copied on device at construction (the trainer donates its state's buffers every
     step; the frozen text leaves have the same values in both)."""
 
-    def __init__(self, model: Any, params: Any, chunk: int = 64):
+    def __init__(self, model: Any, params: Any, chunk: int = 64, tokens: bool | None = None,
+                 max_token_entries: int = 4096):
         self.model = model
         self.chunk = int(chunk)
+        self.tokens = bool(getattr(model, "word_features", False) if tokens is None else tokens)
+        self.max_token_entries = int(max_token_entries)
+        if self.tokens and self.max_token_entries < self.chunk:
+            raise ValueError(f"max_token_entries {max_token_entries} < chunk {chunk}")
         self._params = jax.tree.map(jnp.array, params)
-        self._global_fn = jax.jit(model.global_text_features)
+        self._global_fn = jax.jit(model.global_text_states if self.tokens else model.global_text_features)
         self._region_fn = jax.jit(model.region_text_features)
+        self._pooled_fn = None  # pooled-only global features, for captions beyond the token table
         self._table: dict[tuple[int, bytes], np.ndarray] = {}
+        self._tok_table: OrderedDict[tuple[int, bytes], np.ndarray] = OrderedDict()
         self.computed = 0  # captions run through the tower so far
         self.chunks = 0  # tower calls so far
 
@@ -56,7 +71,9 @@ class TextFeatureCache:
         is a per-row input)."""
         todo: dict[tuple[int, bytes], tuple[np.ndarray, np.ndarray]] = {}
         for k, t, m in items:
-            if k not in self._table and k not in todo:
+            if k in todo:
+                continue
+            if k not in self._table or (self.tokens and k[0] < 0 and k not in self._tok_table):
                 todo[k] = (t, m)
         glob = [k for k in todo if k[0] < 0]
         reg = [k for k in todo if k[0] >= 0]
@@ -70,8 +87,12 @@ class TextFeatureCache:
                 for j, k in enumerate(part):
                     tok[j], msk[j] = todo[k]
                 msk[n:, 0] = 1  # padding rows: one visible token keeps the masked mean finite
+                hidden = None
                 if part[0][0] < 0:
                     feat = self._global_fn(self._params, tok, msk)
+                    if self.tokens:
+                        feat, hidden = feat
+                        hidden = np.asarray(hidden, np.float32)
                 else:
                     bone = np.zeros((self.chunk,), np.int32)
                     bone[:n] = [k[0] for k in part]
@@ -79,8 +100,33 @@ class TextFeatureCache:
                 feat = np.asarray(feat, np.float32)
                 for j, k in enumerate(part):
                     self._table[k] = feat[j]
+                    if hidden is not None:
+                        n_real = int(np.sum(todo[k][1] > 0))
+                        self._tok_table[k] = hidden[j, :n_real].copy()
                 self.chunks += 1
                 self.computed += n
+
+    def _evict(self, keep: set) -> None:
+        """Drops the least recently used token entries beyond max_token_entries, never one of
+        `keep` (the captions of the batch being attached)."""
+        over = len(self._tok_table) - self.max_token_entries
+        for k in list(self._tok_table):
+            if over <= 0:
+                break
+            if k not in keep:
+                del self._tok_table[k]
+                over -= 1
+
+    def _token_rows(self, items, length: int) -> np.ndarray:
+        """f32[N,length,W] token hidden states of global caption items, zero past each one's
+        last real token."""
+        width = next(iter(self._table.values())).shape[-1]
+        out = np.zeros((len(items), length, width), np.float32)
+        for i, (k, _, _) in enumerate(items):
+            h = self._tok_table[k]
+            self._tok_table.move_to_end(k)
+            out[i, :h.shape[0]] = h
+        return out
 
     def _items(self, tokens: np.ndarray, mask: np.ndarray, region: int):
         return [(self._key(region, t, m), t, m) for t, m in zip(tokens, mask)]
@@ -97,8 +143,35 @@ class TextFeatureCache:
         rt, rm = np.asarray(captions["region_tokens"]), np.asarray(captions["region_mask"])
         for r in range(NUM_REGIONS):
             items += self._items(rt[:, r], rm[:, r], r)
-        self._fill(items)
+        if self.tokens:
+            # Token states of more captions than the table holds would only be evicted again:
+            # prefill the first max_token_entries, the rest fill lazily from the batches.
+            seen, glob, rest = set(), [], []
+            for it in items:
+                if it[0][0] >= 0:
+                    rest.append(it)
+                elif it[0] not in seen:
+                    seen.add(it[0])
+                    glob.append(it)
+            self._fill(glob[:self.max_token_entries] + rest)
+            self._fill_pooled_only(glob[self.max_token_entries:])
+            self._evict(set())
+        else:
+            self._fill(items)
         return self.computed - before
+
+    def _fill_pooled_only(self, items) -> None:
+        """Pooled features of global captions without keeping their token states."""
+        if not items:
+            return
+        if self._pooled_fn is None:
+            self._pooled_fn = jax.jit(self.model.global_text_features)
+        keep, fn = self.tokens, self._global_fn
+        self.tokens, self._global_fn = False, self._pooled_fn
+        try:
+            self._fill(items)
+        finally:
+            self.tokens, self._global_fn = keep, fn
 
     def features(self, tokens: np.ndarray, mask: np.ndarray, region: int = -1) -> np.ndarray:
         """f32[N,W] pooled features for captions tokens/mask int[N,L] (region -1: global)."""
@@ -115,6 +188,9 @@ class TextFeatureCache:
         reg = [self._items(rt[:, r], rm[:, r], r) for r in range(NUM_REGIONS)]
         self._fill(glob + [it for items in reg for it in items])
         out["global_text_feat"] = np.stack([self._table[k] for k, _, _ in glob])
+        if self.tokens:
+            out["global_token_feat"] = self._token_rows(glob, np.asarray(batch["global_tokens"]).shape[-1])
+            self._evict({k for k, _, _ in glob})
         out["region_text_feat"] = np.stack(
             [np.stack([self._table[k] for k, _, _ in items]) for items in reg], axis=1)
         return out

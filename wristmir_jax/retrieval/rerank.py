@@ -11,7 +11,8 @@ available regions, so candidates with and without a crop stay on one scale; with
 
 The query's region condition chooses w (`condition_weights`): one bone (one-hot), several, or
 all (the configured per-region weights). alpha and the base weights come from the config
-(`settings(cfg)`: cfg.retrieval.{alpha, region_weights, coarse_k} when present).
+(`settings(cfg)`: cfg.retrieval.{alpha, region_weights, coarse_k, region_alpha, coarse_union}
+when present).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class RerankSettings:
     coarse_k: int = 200
     # alpha used when a specific bone is asked for: the bone dominates, the global view breaks ties
     region_alpha: float = 0.25
+    # draw two-stage candidates from each weighted bone's region searcher too (coarse.py)
+    coarse_union: bool = True
 
 
 def settings(cfg: Any = None) -> RerankSettings:

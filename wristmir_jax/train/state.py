@@ -1,6 +1,6 @@
-"""The train state and its shardings: model + optimizer from config, sharded initialisation
-(params are created directly in their NamedShardings, never gathered on one device), and the
-abstract state used to restore checkpoints."""
+"""The train state's pieces: the model from config, abstract params and their logical axes, the
+state dict, pretrained weights placed in the params' shardings, and the abstract state used to
+restore checkpoints. `train/setup.py` assembles them into a sharded initial state."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def build_model(cfg: ml_collections.ConfigDict):
     return models.build(cfg.model, int(cfg.model.text.vocab_size))
 
 
-def _abstract_params(model, model_cfg, rng) -> tuple[Any, Any]:
+def abstract_params(model, model_cfg, rng) -> tuple[Any, Any]:
     """(ShapeDtypeStructs of params, logical axes) without allocating anything."""
     batch = dummy_batch(model_cfg)
     if hasattr(model, "init_params") and hasattr(model, "logical_axes"):
@@ -54,7 +54,7 @@ def _abstract_params(model, model_cfg, rng) -> tuple[Any, Any]:
     return shapes, holder["axes"]
 
 
-def _state_from(params, opt_state, rng, ema_params=None) -> dict:
+def state_from(params, opt_state, rng, ema_params=None) -> dict:
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state,
              "rng": rng, "nonfinite_run": jnp.zeros((), jnp.int32),
              "nonfinite_total": jnp.zeros((), jnp.int32)}
@@ -72,7 +72,7 @@ def inference_params(state: dict):
     return state.get("ema_params", state["params"])
 
 
-def _with_pretrained(params: Any, model_cfg: ml_collections.ConfigDict, p_shard: Any) -> Any:
+def with_pretrained(params: Any, model_cfg: ml_collections.ConfigDict, p_shard: Any) -> Any:
     """Params with the checkpoint weights of every tower whose `pretrained` is set, placed with
     the params' shardings (every process reads the same files, so each fills its own shards)."""
     towers = (model_cfg.text, model_cfg.image, model_cfg.local)
@@ -95,48 +95,16 @@ def base_rng(seed: int) -> jax.Array:
     return jax.random.PRNGKey(int(seed))
 
 
-def create_train_state(cfg: ml_collections.ConfigDict, model: Any, mesh: Mesh):
-    """Returns (state, state_shardings, tx, lr_schedule, trainable_mask, logical_axes).
-
-    Params and optimizer state are initialised by jitted functions whose outputs are placed
-    by the rules table, so every process computes the same values for its shards."""
-    rng = base_rng(cfg.seed)
-    init_key, state_key = jax.random.split(rng)
-    abstract, axes = _abstract_params(model, cfg.model, init_key)
-    p_shard = sharding.param_shardings(abstract, axes, mesh, cfg.get("sharding_rules"))
-    batch = dummy_batch(cfg.model)
-    init_fn = model.init_params if hasattr(model, "init_params") else (lambda k, b: model.init(k, b)[0])
-    params = jax.jit(init_fn, out_shardings=p_shard)(init_key, batch)
-    params = _with_pretrained(params, cfg.model, p_shard)
-    tx, sched = optim.make_optimizer(cfg.optim, abstract, int(cfg.train.steps))
-    opt_abstract = jax.eval_shape(tx.init, abstract)
-    o_shard = sharding.follow_params(opt_abstract, abstract, p_shard, mesh)
-    opt_state = jax.jit(tx.init, out_shardings=o_shard)(params)
-    rep = NamedSharding(mesh, P())
-    # The average starts at the initial params, in its own buffers (the step donates the state).
-    ema = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=p_shard)(params) \
-        if uses_ema(cfg) else None
-    state = _state_from(params, opt_state, jax.device_put(state_key, rep), ema)
-    sharded = ("params", "opt_state", "ema_params")
-    state = {k: (v if k in sharded else jax.device_put(v, rep)) for k, v in state.items()}
-    shardings = {"step": rep, "params": p_shard, "opt_state": o_shard, "rng": rep,
-                 "nonfinite_run": rep, "nonfinite_total": rep}
-    if ema is not None:
-        shardings["ema_params"] = p_shard
-    trainable = optim.trainable_mask(cfg.optim, abstract)
-    return state, shardings, tx, sched, trainable, axes
-
-
 def abstract_train_state(cfg: ml_collections.ConfigDict):
     """(model, abstract state) for restoring a checkpoint without initialising anything."""
     model = build_model(cfg)
     rng = base_rng(cfg.seed)
     init_key, state_key = jax.random.split(rng)
-    abstract, _ = _abstract_params(model, cfg.model, init_key)
+    abstract, _ = abstract_params(model, cfg.model, init_key)
     tx, _ = optim.make_optimizer(cfg.optim, abstract, int(cfg.train.steps))
     opt_abstract = jax.eval_shape(tx.init, abstract)
     ema = abstract if uses_ema(cfg) else None
-    state = jax.eval_shape(lambda p, o, k, e: _state_from(p, o, k, e), abstract, opt_abstract,
+    state = jax.eval_shape(lambda p, o, k, e: state_from(p, o, k, e), abstract, opt_abstract,
                            state_key, ema)
     return model, state
 

@@ -33,14 +33,23 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from wristmir_jax.reports.relevance import relevance
+
 HOST_ONLY_KEYS = ("id",)
 
 
-def add_relevance(batch: dict) -> dict:
-    """The losses read `relevance f32[4,B,B]`, computed from the records on device."""
-    from wristmir_jax.reports.relevance import relevance
+def with_record_relevance(objective: Callable) -> Callable:
+    """The objective with the report relevance function handed to the terms that compute it
+    block by block (the ring multipos terms); objectives without that hook are returned as is."""
+    bind = getattr(objective, "with_relevance_fn", None)
+    return bind(relevance) if bind is not None else objective
 
-    if "relevance" in batch:
+
+def add_relevance(batch: dict, objective: Callable | None = None) -> dict:
+    """The dense `relevance f32[4,B,B]` from the records on device, for objectives that read it
+    (`objective.reads_dense_relevance`, True when unknown). The ring terms with a relevance
+    function compute it block by block instead, so a pod step never builds the [4, B, B] array."""
+    if "relevance" in batch or not getattr(objective, "reads_dense_relevance", True):
         return batch
     return {**batch, "relevance": relevance(batch["record"], batch["record"])}
 
@@ -117,12 +126,13 @@ def make_train_step(model: Any, objective: Callable, tx: optax.GradientTransform
     not dominated by the initial params; frozen leaves are copied."""
     k = int(grad_accum)
     ema_decay = float(ema_decay)
+    objective = with_record_relevance(objective)
 
     def encode(params, batch, rng):
         return model.encode(params, batch, train=True, rng=rng)
 
     def train_step(state: dict, batch: dict):
-        batch = add_relevance(device_batch(batch))
+        batch = add_relevance(device_batch(batch), objective)
         params = state["params"]
         rng = jax.random.fold_in(state["rng"], state["step"])
         if k == 1:
@@ -173,8 +183,10 @@ def make_train_step(model: Any, objective: Callable, tx: optax.GradientTransform
 def make_eval_step(model: Any, objective: Callable) -> Callable:
     """`eval_step(params, batch) -> metrics` (validation loss and its terms, no dropout)."""
 
+    objective = with_record_relevance(objective)
+
     def eval_step(params, batch):
-        batch = add_relevance(device_batch(batch))
+        batch = add_relevance(device_batch(batch), objective)
         emb = model.encode(params, batch, train=False, rng=None)
         total, aux = objective(emb, batch)
         return {"loss": total.astype(jnp.float32), **_scalar_metrics(aux)}
