@@ -122,23 +122,21 @@ def _record_len() -> int:
 
 
 def build_ours(cfg, batch: dict):
-    """(step_fn(state, batch) -> (state, metrics), state, device batch, params) on one device:
-    the trainer's step with donation, compiled here (compile seconds returned too)."""
+    """(compiled step(state, batch) -> (state, metrics), state, device batch, compile seconds,
+    GlobalTowers) on one device: the trainer's step with donation."""
     from wristmir_jax import losses
     from wristmir_jax.train import optim
-    from wristmir_jax.train.state import build_model
+    from wristmir_jax.train.state import build_model, dummy_batch, state_from
     from wristmir_jax.train.step import make_train_step
 
+    # Not train/setup.build_run: that builds the whole WristModel's state; here only the global
+    # towers' params exist (GlobalTowers.prune), with the trainer's optimizer and state layout.
     model = build_model(cfg)
     towers = GlobalTowers(model)
-    from wristmir_jax.train.state import dummy_batch
-
     params = towers.prune(jax.jit(model.init_params)(jax.random.PRNGKey(int(cfg.seed)),
                                                       dummy_batch(cfg.model)))
     tx, sched = optim.make_optimizer(cfg.optim, params, int(cfg.train.steps))
-    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-             "rng": jax.random.PRNGKey(1), "nonfinite_run": jnp.zeros((), jnp.int32),
-             "nonfinite_total": jnp.zeros((), jnp.int32)}
+    state = state_from(params, tx.init(params), jax.random.PRNGKey(1))
     objective = losses.objective(cfg.loss)
     step = jax.jit(make_train_step(towers, objective, tx, sched), donate_argnums=(0,))
     dev_batch = jax.device_put(our_batch(batch))
