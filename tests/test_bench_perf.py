@@ -51,7 +51,8 @@ def _real_params(model, cfg, towers):
 
 
 def test_analytic_flops_close_to_xla_cost_analysis():
-    # XLA also counts LayerNorm, GELU, softmax and adds: above the matmul count, not far above.
+    # XLA also counts LayerNorm, GELU, softmax and adds: above the matmul count, not far above;
+    # for convolutions it skips the taps that fall on SAME padding (1-2% below at 32 px).
     for preset in ("tiny", "tiny_resnet"):
         model = build(model_config(preset))
         batch = model.dummy_batch(2, 16)
@@ -60,7 +61,7 @@ def test_analytic_flops_close_to_xla_cost_analysis():
         analytic = model_flops.model_forward_flops(model, text_len=16)
         for tower in ("image", "crops", "global_text", "region_text"):
             ratio = xla[tower] / analytic[tower]
-            assert 1.0 <= ratio <= 1.6, (preset, tower, ratio)
+            assert 0.95 <= ratio <= 1.6, (preset, tower, ratio)
 
 
 def _bench(tmp_path, *args):

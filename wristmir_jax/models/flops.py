@@ -60,7 +60,8 @@ def _conv_out(size: int, stride: int) -> int:
 
 def resnet_flops(spec, image_size: int, embed_dim: int = 0) -> dict:
     """{"convs", "proj", "total"} for a ResNetSpec (models/resnet.py: stem, basic blocks with a
-    1x1 projection shortcut where the shape changes) on one square image."""
+    1x1 projection shortcut where the shape changes) on one square image. Every output position
+    counts the full kernel (XLA's cost analysis skips taps on the SAME padding: ~1-2% less)."""
     s, c, f = image_size, spec.channels, 0.0
     if spec.stem_stride == 1:
         k, stride = 3, 1
