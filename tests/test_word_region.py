@@ -3,6 +3,8 @@ numpy implementation that forms the attention context vectors explicitly, its gr
 finite differences, selection through the objective, and the model / frozen-text-cache inputs
 it needs."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -190,3 +192,37 @@ def test_text_cache_keeps_bounded_token_states_equal_to_the_tower():
     # Without word_features the cache keeps no token states.
     plain = build(model_config("tiny"))
     assert not TextFeatureCache(plain, params).tokens
+
+
+@pytest.mark.slow
+def test_trains_with_the_frozen_cached_text_tower(tmp_path):
+    """A few trainer steps with the term on and a frozen pretrained text tower: the cache feeds
+    token states and the term's loss is logged and finite."""
+    from wristmir_jax.train.defaults import base_config
+    from wristmir_jax.train.trainer import train
+
+    c = base_config("tiny")
+    c.data.source = "synthetic"
+    c.data.order = "global"
+    c.data.global_batch_size = 8
+    c.data.synthetic.num_train = 16
+    c.data.synthetic.num_val = 8
+    c.data.eval_batches = 1
+    c.model.text.pretrained = "minilm"
+    c.model.text.frozen = True
+    c.model.text.max_len = 16
+    c.model.text.vocab_size = 30522
+    c.model.word_features = True
+    c.loss.terms = {"global_clip": 1.0, "word_region": 1.0}
+    c.loss.params = {}
+    c.train.steps = 3
+    c.train.eval_every = 3
+    c.train.checkpoint_every = 3
+    c.train.async_checkpoint = False
+    c.mesh.data = 1
+    summary = train(c, str(tmp_path / "w"))
+    assert summary["step"] == 3
+    lines = [json.loads(x) for x in open(tmp_path / "w" / "metrics.jsonl")]
+    vals = [x["loss/word_region"] for x in lines if "loss/word_region" in x]
+    assert vals and all(np.isfinite(vals))
+    assert summary["text_feature_cache"]["captions"] > 0
