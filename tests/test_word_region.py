@@ -128,13 +128,15 @@ def test_needs_the_models_word_outputs():
 
 
 def _tiny(name="tiny"):
-    c = model_config(name)
+    c = model_config(name.removesuffix("_fine"))
     c.word_features = True
+    if name.endswith("_fine"):
+        c.image.spatial_stage = 0
     return build(c)
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny_resnet"])
-def test_model_exposes_spatial_and_word_features(preset):
+@pytest.mark.parametrize("preset,grid", [("tiny", 4), ("tiny_resnet", 16), ("tiny_resnet_fine", 32)])
+def test_model_exposes_spatial_and_word_features(preset, grid):
     model = _tiny(preset)
     rng = np.random.default_rng(0)
     b = model.dummy_batch(3)
@@ -143,7 +145,7 @@ def test_model_exposes_spatial_and_word_features(preset):
     params, _ = model.init(jax.random.key(0), b)
     emb = model.encode(params, b)
     sp, words = np.asarray(emb["spatial_img"]), np.asarray(emb["word_txt"])
-    assert sp.ndim == 4 and sp.shape[0] == 3 and sp.shape[-1] == model.embed_dim
+    assert sp.shape == (3, grid, grid, model.embed_dim)
     np.testing.assert_allclose(np.linalg.norm(sp, axis=-1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(sp, np.asarray(model.encode_spatial(params, b["image"])), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(words, np.asarray(model.encode_words(params, b["global_tokens"], b["global_mask"])),
@@ -154,7 +156,9 @@ def test_model_exposes_spatial_and_word_features(preset):
     assert np.any(np.asarray(g["word_attn_log_scale"])) and np.any(np.asarray(g["word_log_scale"]))
     assert np.any(np.asarray(g["global_image_proj"]["kernel"]))
     # Without word_features the model has no word parameters and no extra outputs.
-    plain = build(model_config(preset))
+    if preset.endswith("_fine"):  # the finer grid's own projection learns too
+        assert np.any(np.asarray(g["global_spatial_proj"]["kernel"]))
+    plain = build(model_config(preset.removesuffix("_fine")))
     p2, _ = plain.init(jax.random.key(0), b)
     assert "word_log_scale" not in p2 and "spatial_img" not in plain.encode(p2, b)
 
