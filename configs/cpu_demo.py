@@ -20,6 +20,9 @@ probe AUROC 0.64); with Adam and none of those it spreads and learns the fractur
 
 Variants (comma-separated): `configs/cpu_demo.py:quick` is the demo's --quick run (40 steps of 16);
 `:vit` swaps in the ViT towers of the `cpu_demo_vit` preset (e.g. `:vit,quick`).
+`:words` adds the word-region alignment term (losses/word_region.py, weight 1, with the model's
+word outputs on the global tower's 16 x 16 stage-1 grid: an ulnar styloid is ~8 px at 128 px, so
+the 4 x 4 last map cannot point at it); BUILD_NOTES has it on vs off.
 `--config.data.source=synthetic` trains on in-memory synthetic data instead of DATA_DIR.
 """
 
@@ -55,9 +58,9 @@ def get_config(arg=None):
     c.train.keep = 2
     c.train.keep_best = 1
     variants = set((arg or "").split(",")) - {""}
-    unknown = variants - {"quick", "vit"}
+    unknown = variants - {"quick", "vit", "words"}
     if unknown:
-        raise ValueError(f"unknown cpu_demo variant(s) {sorted(unknown)} (use quick and/or vit)")
+        raise ValueError(f"unknown cpu_demo variant(s) {sorted(unknown)} (use quick, vit, words)")
     if "vit" in variants:
         from wristmir_jax.models.presets import model_config
 
@@ -66,6 +69,12 @@ def get_config(arg=None):
         c.model.local.pool = "max"
         c.model.local.input_norm = "per_image"
         c.model.local.region_film = True
+    if "words" in variants:
+        c.model.word_features = True
+        if "vit" not in variants:
+            c.model.image.spatial_stage = 1  # a 16 x 16 grid (8 px cells; the last map is 4 x 4)
+        c.loss.terms["word_region"] = 1.0
+        c.loss.params["word_region"] = {"agg": 5.0}
     c.model.text.pretrained = "minilm"
     c.model.text.frozen = True
     if "quick" in variants:

@@ -3,6 +3,8 @@ numpy implementation that forms the attention context vectors explicitly, its gr
 finite differences, selection through the objective, and the model / frozen-text-cache inputs
 it needs."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -126,13 +128,15 @@ def test_needs_the_models_word_outputs():
 
 
 def _tiny(name="tiny"):
-    c = model_config(name)
+    c = model_config(name.removesuffix("_fine"))
     c.word_features = True
+    if name.endswith("_fine"):
+        c.image.spatial_stage = 0
     return build(c)
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny_resnet"])
-def test_model_exposes_spatial_and_word_features(preset):
+@pytest.mark.parametrize("preset,grid", [("tiny", 4), ("tiny_resnet", 16), ("tiny_resnet_fine", 32)])
+def test_model_exposes_spatial_and_word_features(preset, grid):
     model = _tiny(preset)
     rng = np.random.default_rng(0)
     b = model.dummy_batch(3)
@@ -141,7 +145,7 @@ def test_model_exposes_spatial_and_word_features(preset):
     params, _ = model.init(jax.random.key(0), b)
     emb = model.encode(params, b)
     sp, words = np.asarray(emb["spatial_img"]), np.asarray(emb["word_txt"])
-    assert sp.ndim == 4 and sp.shape[0] == 3 and sp.shape[-1] == model.embed_dim
+    assert sp.shape == (3, grid, grid, model.embed_dim)
     np.testing.assert_allclose(np.linalg.norm(sp, axis=-1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(sp, np.asarray(model.encode_spatial(params, b["image"])), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(words, np.asarray(model.encode_words(params, b["global_tokens"], b["global_mask"])),
@@ -152,7 +156,9 @@ def test_model_exposes_spatial_and_word_features(preset):
     assert np.any(np.asarray(g["word_attn_log_scale"])) and np.any(np.asarray(g["word_log_scale"]))
     assert np.any(np.asarray(g["global_image_proj"]["kernel"]))
     # Without word_features the model has no word parameters and no extra outputs.
-    plain = build(model_config(preset))
+    if preset.endswith("_fine"):  # the finer grid's own projection learns too
+        assert np.any(np.asarray(g["global_spatial_proj"]["kernel"]))
+    plain = build(model_config(preset.removesuffix("_fine")))
     p2, _ = plain.init(jax.random.key(0), b)
     assert "word_log_scale" not in p2 and "spatial_img" not in plain.encode(p2, b)
 
@@ -190,3 +196,37 @@ def test_text_cache_keeps_bounded_token_states_equal_to_the_tower():
     # Without word_features the cache keeps no token states.
     plain = build(model_config("tiny"))
     assert not TextFeatureCache(plain, params).tokens
+
+
+@pytest.mark.slow
+def test_trains_with_the_frozen_cached_text_tower(tmp_path):
+    """A few trainer steps with the term on and a frozen pretrained text tower: the cache feeds
+    token states and the term's loss is logged and finite."""
+    from wristmir_jax.train.defaults import base_config
+    from wristmir_jax.train.trainer import train
+
+    c = base_config("tiny")
+    c.data.source = "synthetic"
+    c.data.order = "global"
+    c.data.global_batch_size = 8
+    c.data.synthetic.num_train = 16
+    c.data.synthetic.num_val = 8
+    c.data.eval_batches = 1
+    c.model.text.pretrained = "minilm"
+    c.model.text.frozen = True
+    c.model.text.max_len = 16
+    c.model.text.vocab_size = 30522
+    c.model.word_features = True
+    c.loss.terms = {"global_clip": 1.0, "word_region": 1.0}
+    c.loss.params = {}
+    c.train.steps = 3
+    c.train.eval_every = 3
+    c.train.checkpoint_every = 3
+    c.train.async_checkpoint = False
+    c.mesh.data = 1
+    summary = train(c, str(tmp_path / "w"))
+    assert summary["step"] == 3
+    lines = [json.loads(x) for x in open(tmp_path / "w" / "metrics.jsonl")]
+    vals = [x["loss/word_region"] for x in lines if "loss/word_region" in x]
+    assert vals and all(np.isfinite(vals))
+    assert summary["text_feature_cache"]["captions"] > 0

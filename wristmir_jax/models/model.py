@@ -107,6 +107,9 @@ class WristNet(nn.Module):
         self.global_image_proj = Linear(**proj)
         self.local_image_proj = Linear(**proj)
         self.global_text_proj = Linear(**proj)
+        if getattr(s.global_image, "spatial_stage", -1) >= 0:
+            # The finer map's own projection, added to the upsampled last map's (see _spatial).
+            self.global_spatial_proj = Linear(**proj)
         self.local_text_proj = Linear(**proj)
         scale_init = logical(nn.initializers.constant(s.init_log_scale), ())
         bias_init = logical(nn.initializers.constant(s.init_bias), ())
@@ -131,17 +134,25 @@ class WristNet(nn.Module):
         return _l2_normalize(self.global_image_proj(pooled))
 
     def _spatial(self, fmap):
-        """The global tower's last feature map as a grid [B,h,w,width] (ViT: patch tokens)."""
+        """Projected (not yet normalised) spatial embeddings f32[B,h,w,D] of the global tower:
+        its last feature map (ViT: patch tokens) through the global image projection; with
+        image.spatial_stage (ResNet) on that stage's finer grid, the last map's projection
+        (nearest-upsampled: what is there) plus the finer map's own (where exactly)."""
         if isinstance(self.spec.global_image, ViTSpec):
             g = self.spec.global_image.grid
-            return fmap[:, 1:].reshape(fmap.shape[0], g, g, fmap.shape[-1])
-        return fmap
+            return self.global_image_proj(fmap[:, 1:].reshape(fmap.shape[0], g, g, fmap.shape[-1]))
+        if isinstance(fmap, tuple):
+            last, fine = fmap
+            f = fine.shape[1] // last.shape[1]
+            up = jnp.repeat(jnp.repeat(self.global_image_proj(last), f, axis=1), f, axis=2)
+            return up + self.global_spatial_proj(fine)
+        return self.global_image_proj(fmap)
 
     def embed_image_spatial(self, image):
         """(global embedding f32[B,D], spatial embedding f32[B,h,w,D]): every location of the
         last feature map through the global image projection, L2-normalised, from one tower run."""
         pooled, fmap = self.global_image(image)
-        spatial = _l2_normalize(self.global_image_proj(self._spatial(fmap)))
+        spatial = _l2_normalize(self._spatial(fmap))
         return _l2_normalize(self.global_image_proj(pooled)), spatial
 
     def spatial_embed(self, image):
@@ -270,6 +281,7 @@ def _image_spec(c, size: int, common: dict, num_regions: int):
                           channels=1, pixel_mean=float(c.pixel_mean), pixel_std=float(c.pixel_std),
                           pool=str(c.pool), input_norm=str(c.get("input_norm", "fixed")),
                           num_regions=num_regions, film=bool(c.get("region_film", False)),
+                          spatial_stage=int(c.get("spatial_stage", -1)),
                           dtype=common["dtype"], remat=common["remat"],
                           deterministic=common["deterministic"])
     raise ValueError(f"unknown image tower {c.name!r} (vit|resnet)")

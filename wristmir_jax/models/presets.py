@@ -38,6 +38,8 @@ local                bone-crop tower: the same fields as `image` with `crop_size
                      stacked with a leading "region" axis).
   region_embedding   learned per-bone embedding (zero init) added to the shared tower's tokens
                      (ViT) or pooled feature (ResNet) and to region captions' input embeddings.
+  spatial_stage      ResNet global tower only: >= 0 gives the spatial embeddings (word-region
+                     term, grounding) that stage's finer grid (-1: the last map).
   region_film        ResNet only: per-bone FiLM scale/shift in every block (zero init) so the
                      shared tower's convolutions are conditioned on the bone (needs
                      shared_across_regions and region_embedding).
@@ -75,7 +77,7 @@ def _vit(image_size: int, patch: int, width: int, depth: int, heads: int, mlp_ra
                 heads=heads, mlp_ratio=float(mlp_ratio), pool=pool, layer_norm_eps=1e-6,
                 resnet_stages=(1, 1, 1, 1), resnet_widths=(32, 64, 128, 256),
                 resnet_stem_stride=1, resnet_groups=8, pixel_mean=0.5, pixel_std=0.5,
-                input_norm="fixed", pretrained="")
+                input_norm="fixed", pretrained="", spatial_stage=-1)
 
 
 def _resnet(image_size: int, stages, widths, stem_stride: int, groups: int = 8) -> dict:

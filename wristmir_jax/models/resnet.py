@@ -17,7 +17,9 @@ normalised activation. The pooled-feature region embedding alone is a constant o
 linear projection, so it cannot change which features fire; with FiLM the convolutions can look
 for an ulnar fracture in an ulna crop and discount the overlapping radius of a lateral view.
 
-Input: f32[B,H,W,C] in [0,1], normalised inside. Output: (pooled [B,widths[-1]], feature map).
+Input: f32[B,H,W,C] in [0,1], normalised inside. Output: (pooled [B,widths[-1]], feature map);
+with `spatial_stage` >= 0 the second output is (last feature map, that stage's feature map), a
+finer grid for word-location alignment (the last map of a 128 px image is 4 x 4).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class ResNetSpec:
     input_norm: str = "fixed"  # fixed | per_image
     num_regions: int = 0
     film: bool = False  # per-bone FiLM in every block (needs num_regions)
+    spatial_stage: int = -1  # >= 0: also return this stage's (finer) feature map
     dtype: Dtype = jnp.float32
     remat: bool = False
     deterministic: bool = True
@@ -124,6 +127,7 @@ class ResNet(nn.Module):
         if s.stem_stride == 4:
             x = max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
         block = nn.remat(BasicBlock) if s.remat else BasicBlock
+        fine = None
         for i, (n, w) in enumerate(zip(s.stages, s.widths)):
             for j in range(n):
                 film = None
@@ -134,12 +138,14 @@ class ResNet(nn.Module):
                     film = table[region_ids]
                 x = block(w, 2 if (i > 0 and j == 0) else 1, s.groups, s.dtype,
                           name=f"stage{i}_block{j}")(x, film)
+            if i == s.spatial_stage:
+                fine = x
         pooled = _pool(self, s.pool, x.astype(jnp.float32))
         if s.num_regions:
             reg = self.param("region_embed", logical(nn.initializers.zeros, ("region", "conv_out")),
                              (s.num_regions, s.out_width), jnp.float32)
             pooled = pooled + reg[region_ids]
-        return pooled.astype(s.dtype), x
+        return pooled.astype(s.dtype), (x if fine is None else (x, fine))
 
 
 def _pool(module: nn.Module, kind: str, x):
