@@ -26,6 +26,7 @@ demo-quick: $(STAMP)
 	$(VENV)/bin/wristmir demo --out $(DEMO_OUT)_quick --quick
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
