@@ -54,8 +54,10 @@ def test_pod_config_at_tiny_scale():
     plain = losses.objective({"terms": {"global_multipos": 1.0, "local_multipos": 1.0},
                               "params": {"global_multipos": {"threshold": 0.75},
                                          "local_multipos": {"threshold": 0.75}}})
-    from wristmir_jax.train.step import add_relevance, device_batch
+    from wristmir_jax.reports.relevance import relevance
+    from wristmir_jax.train.step import device_batch
 
-    b = add_relevance(device_batch(batch))
+    b = device_batch(batch)
+    b = {**b, "relevance": relevance(b["record"], b["record"])}
     ref = jax.jit(lambda p: plain(model.encode(p, b), b)[0])(before["params"])
     np.testing.assert_allclose(float(metrics["loss"]), float(ref), rtol=1e-3)

@@ -1,5 +1,5 @@
 """`wristmir evaluate --index INDEX_DIR [--train-index TRAIN_INDEX_DIR] --queries test --out
-metrics.json`: retrieval metrics (Recall/Precision/mAP/nDCG@K with report-derived graded
+metrics.json [--config.retrieval.alpha=...]`: retrieval metrics (Recall/Precision/mAP/nDCG@K with report-derived graded
 relevance, per region and global), image<->report recall, kNN fracture diagnosis per bone and a
 linear probe, for global-only, region-only and two-stage retrieval. Writes metrics.json, a
 markdown table (results.md), plots and TREC run/qrels files (trec/) beside it.
@@ -25,7 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queries", default="test",
                    help="a split name (the index's own items are the queries) or another INDEX_DIR")
     p.add_argument("--out", required=True, help="metrics.json path (other outputs go beside it)")
-    p.add_argument("--config", default=None, help="config file for retrieval settings (alpha, weights)")
+    p.add_argument("--config", default=None,
+                   help="config file for the retrieval settings (default: the training config of "
+                        "the index's workdir); --config.retrieval.alpha=... overrides either")
     p.add_argument("-k", "--ks", default="1,5,10,20,50", help="cut-offs, comma-separated")
     p.add_argument("--knn-k", type=int, default=None, help="neighbours voting in kNN diagnosis (default 10)")
     p.add_argument("--no-trec", action="store_true", help="skip the TREC run/qrels export")
@@ -41,14 +43,10 @@ def run(args: argparse.Namespace) -> int:
     from wristmir_jax.eval.evaluate import evaluate_index, write_outputs
     from wristmir_jax.eval.grounding import evaluate_grounding
     from wristmir_jax.eval.grounding import markdown as grounding_markdown
+    from wristmir_jax.retrieval.rerank import run_config
+    from wristmir_jax.retrieval.store import read_fingerprint
 
-    cfg = None
-    if args.config:
-        from wristmir_jax.config import load_config
-
-        cfg = load_config(args.config, args.config_overrides)
-    elif args.config_overrides:
-        raise UserError("--config.* overrides need --config FILE")
+    cfg = run_config(read_fingerprint(args.index), args.config, args.config_overrides)
     try:
         ks = tuple(int(x) for x in args.ks.split(",") if x.strip())
     except ValueError:

@@ -4,8 +4,9 @@ image->image (two-stage by default: global + bone top-K, reranked for the chosen
 `--report` searches image->report instead; a text searches text->image (with --region: a region
 caption against that bone's crops). Without --region the bones come from words
 (reports.anatomy): those a --text names ("DRUJ", "ulnar styloid", typos) or those `--where "..."`
-names for an image query; a text naming none is global. Same-patient results are excluded unless
---include-same-patient.
+names for an image query; a text naming none is global. Rerank settings: the `retrieval` section
+of the index's training config, `--config FILE`, and `--config.retrieval.alpha=...` overrides.
+Same-patient results are excluded unless --include-same-patient.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="DATA_DIR (default: the one recorded in the index)")
     p.add_argument("--include-same-patient", action="store_true")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--config", default=None,
+                   help="config file for the retrieval settings (default: the training config of "
+                        "the index's workdir); --config.retrieval.alpha=... overrides either")
     p.add_argument("--panel", default=None, help="write a PNG panel of the query and results")
 
 
@@ -73,7 +77,7 @@ def search(args: argparse.Namespace) -> dict:
     """Runs the query; returns the JSON-able result (also used by tests and the demo)."""
     from wristmir_jax.eval.panels import findings_text
     from wristmir_jax.retrieval.query import Retriever
-    from wristmir_jax.retrieval.rerank import parse_condition, settings
+    from wristmir_jax.retrieval.rerank import parse_condition, run_config, settings
     from wristmir_jax.retrieval.store import load_index
 
     if args.k <= 0:
@@ -88,7 +92,9 @@ def search(args: argparse.Namespace) -> dict:
     names = parse_condition(args.region)  # validates region names before any heavy work
     single = names[0] if len(names) == 1 else None
     index = load_index(args.index)
-    retr = Retriever(index, settings(None))
+    cfg = run_config(index.fingerprint, getattr(args, "config", None),
+                     getattr(args, "config_overrides", ()))
+    retr = Retriever(index, settings(cfg))
     k = min(args.k, index.count)
     qinfo: dict = {}
     query_region = single

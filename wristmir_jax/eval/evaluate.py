@@ -100,10 +100,11 @@ def _nan_to_none(x):
     return x
 
 
-def _probe(train: Index, test_q: QueryEmbeddings, q_labels: np.ndarray, seed: int = 0) -> dict:
+def linear_probe(ta: Any, test_q: QueryEmbeddings, q_labels: np.ndarray, seed: int = 0) -> dict:
+    """Per method, AUROC/AUPRC per bone of a logistic regression fitted on the training
+    embeddings `ta` (global_img, region_img, crop_mask, records: an IndexArrays or alike)."""
     from sklearn.linear_model import LogisticRegression
 
-    ta = train.arrays
     t_labels = fracture_labels(np.asarray(ta.records))
     out: dict[str, dict] = {}
     for m in PROBE_FEATURES:
@@ -126,6 +127,23 @@ def _probe(train: Index, test_q: QueryEmbeddings, q_labels: np.ndarray, seed: in
             math.isfinite(v) for v in res["auroc"].values()) else float("nan")
         out[m] = res
     return out
+
+
+def knn_diagnosis(rankings: dict, q_labels: np.ndarray, db_labels: np.ndarray, knn_k: int) -> dict:
+    """Per method, F1/AUROC/AUPRC per bone of the top-`knn_k` neighbours' vote;
+    rankings[(bone, method)] = (scores, database positions) of that bone's condition."""
+    knn: dict[str, dict] = {}
+    for m in METHODS:
+        res = {"f1": {}, "auroc": {}, "auprc": {}}
+        for r_i, r in enumerate(REGIONS):
+            neigh = rankings[(r, m)][1][:, :knn_k]
+            pred, score = M.knn_vote(neigh, db_labels[:, r_i])
+            res["f1"][r] = M.f1_binary(q_labels[:, r_i], pred)
+            res["auroc"][r] = M.auroc(q_labels[:, r_i], score)
+            res["auprc"][r] = M.auprc(q_labels[:, r_i], score)
+        res["mean_f1"] = float(np.mean(list(res["f1"].values())))
+        knn[m] = res
+    return knn
 
 
 def evaluate_index(index_dir: str, train_index_dir: str | None = None, cfg: Any = None, *,
@@ -192,22 +210,11 @@ def evaluate_index(index_dir: str, train_index_dir: str | None = None, cfg: Any 
     q_labels = fracture_labels(q_records)
     db_labels = fracture_labels(np.asarray(index.arrays.records))
     result["positives"] = {r: int(q_labels[:, i].sum()) for i, r in enumerate(REGIONS)}
-    knn: dict[str, dict] = {}
-    for m in METHODS:
-        res = {"f1": {}, "auroc": {}, "auprc": {}}
-        for r_i, r in enumerate(REGIONS):
-            neigh = rankings[(r, m)][1][:, :knn_k]
-            pred, score = M.knn_vote(neigh, db_labels[:, r_i])
-            res["f1"][r] = M.f1_binary(q_labels[:, r_i], pred)
-            res["auroc"][r] = M.auroc(q_labels[:, r_i], score)
-            res["auprc"][r] = M.auprc(q_labels[:, r_i], score)
-        res["mean_f1"] = float(np.mean(list(res["f1"].values())))
-        knn[m] = res
-    result["diagnosis_knn"] = knn
+    result["diagnosis_knn"] = knn_diagnosis(rankings, q_labels, db_labels, knn_k)
     if train_index_dir:
         train = load_index(train_index_dir, params_sha256=index.fingerprint["model"].get("params_sha256"),
                            dim=index.dim)
-        result["diagnosis_probe"] = _probe(train, q, q_labels)
+        result["diagnosis_probe"] = linear_probe(train.arrays, q, q_labels)
     if trec_files:
         result["trec"] = trec_files
     return _nan_to_none(result)

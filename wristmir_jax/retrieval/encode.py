@@ -265,7 +265,7 @@ class QueryModel:
         min_score = float(self.meta.get("min_box_score", 0.5))
         boxes, scores = {}, {}
         if localizer:
-            from wristmir_jax.imaging.localizer import Localizer
+            from wristmir_jax.localize.localizer import Localizer
 
             pred = Localizer.load(localizer, batch_size=1).predict([img], [laterality])[0]
             boxes, scores = pred["boxes"], pred["scores"]

@@ -1,6 +1,6 @@
 """Checkpoints: one orbax composite checkpoint per saved step holding the train state (params,
 optimizer state, step, RNG, non-finite counters) and each process's data-iterator state; async
-saves, a save interval, keep-last-N plus the best by validation loss; resume from the latest.
+saves, a save interval, keep-last-N plus the best by `train.best_metric`; resume from the latest.
 
 Also the run's fingerprint: `params_sha256` (SHA-256 over sorted parameter paths, dtypes, shapes
 and raw little-endian bytes) and `restore_for_inference(workdir)` for the embedder.
@@ -13,7 +13,7 @@ Layout of a workdir W:
   W/config.json        the resolved config (written by the trainer, process 0, after a
                        successful restore; a resume whose model or data shapes differ is refused)
   W/checkpoints/<step>/{state,data}/
-  W/best.json          {"step", "val_loss"} of the best validated checkpoint
+  W/best.json          {"step", "metric", "value"} of the best checkpoint by train.best_metric
   W/summary.json       step, final metrics, params_sha256
 """
 
@@ -97,13 +97,18 @@ class IteratorRestore(ocp.args.CheckpointArgs):
 
 # --- the manager ---------------------------------------------------------------------------
 def make_manager(workdir: str, *, save_every: int, keep: int, keep_best: int = 1,
-                 async_save: bool = True, read_only: bool = False) -> ocp.CheckpointManager:
-    """Keeps the last `keep` checkpoints and the `keep_best` lowest-val_loss ones."""
+                 async_save: bool = True, read_only: bool = False, best_metric: str = "val/loss",
+                 best_mode: str = "min") -> ocp.CheckpointManager:
+    """Keeps the last `keep` checkpoints and the `keep_best` best by `best_metric` (the metrics
+    dict saved with a step; `best_mode` "min" or "max")."""
+    if best_mode not in ("min", "max"):
+        raise UserError(f"config train.best_mode must be 'min' or 'max', got {best_mode!r}")
     policies: list[Any] = [ocm.preservation_policy.LatestN(n=max(int(keep), 1))]
     if keep_best > 0:
+        # reverse=True keeps the lowest values
         policies.append(ocm.preservation_policy.BestN(
-            get_metric_fn=lambda m: float(m["val_loss"]), reverse=True, n=int(keep_best),
-            keep_checkpoints_without_metrics=False))
+            get_metric_fn=lambda m: float(m[best_metric]), reverse=best_mode == "min",
+            n=int(keep_best), keep_checkpoints_without_metrics=False))
     if read_only:
         options = ocp.CheckpointManagerOptions(read_only=True, create=False,
                                                save_interval_steps=0,

@@ -1,7 +1,7 @@
 """One training setup for the trainer, the benches and the tests: `build_run(cfg, mesh) -> Run`.
 
-The sequence resolve config -> mesh -> model -> objective -> optimizer -> sharded state ->
-jitted train and eval steps lives here only. The train step is jitted once with explicit
+The sequence task (`cfg.task`, tasks/) -> resolved config -> mesh -> model -> objective ->
+optimizer -> sharded state -> jitted train and eval steps lives here only. The train step is jitted once with explicit
 input/output shardings and donates the state; `Run.compile(batch)` lowers and compiles it for
 that batch's shapes before the loop (MaxText style), so the loop never compiles.
 """
@@ -19,58 +19,24 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from wristmir_jax import losses
 from wristmir_jax.errors import UserError
 from wristmir_jax.models.text_cache import TextFeatureCache
 from wristmir_jax.train.checkpoint import abstract_like
 from wristmir_jax.train.inputs import to_global
 from wristmir_jax.train import optim, sharding
 from wristmir_jax.train.mesh import data_parallel_size, make_mesh, replicated
-from wristmir_jax.train.state import (abstract_params, state_from, with_pretrained,
-                                      base_rng, batch_shardings, build_model, dummy_batch,
-                                      uses_ema)
+from wristmir_jax.train.state import (abstract_params, base_rng, batch_shardings, state_from,
+                                      task_module, uses_ema)
 from wristmir_jax.train.step import make_eval_step, make_train_step
 
-FROZEN_TEXT_PATTERNS = (r"^text/", r"^local_text/")
-
-
 def resolve_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A copy with the model's input sizes taken from the data (DATA_DIR meta for tfds).
-    Resolving a resolved config changes nothing."""
-    cfg = ml_collections.ConfigDict(cfg.to_dict())
-    if cfg.data.source == "tfds":
-        if not cfg.data.dir:
-            raise UserError("data.dir is empty: pass --config.data.dir=DATA_DIR (built by "
-                            "`wristmir build`)")
-        from wristmir_jax.data.source import read_meta  # tensorflow-datasets behind it
-
-        meta = read_meta(cfg.data.dir)
-        cfg.model.image.image_size = int(meta["image_size"])
-        cfg.model.local.crop_size = int(meta["crop_size"])
-        cfg.model.text.max_len = int(meta["max_len"])
-        cfg.model.text.vocab_size = int(meta["vocab_size"])
-    elif cfg.data.source != "synthetic":
-        raise UserError(f"data.source must be 'tfds' or 'synthetic', got {cfg.data.source!r}")
-    if cfg.model.text.get("frozen"):
-        # The text tower(s) do not train (their features come from TextFeatureCache); written
-        # into the resolved config so a restore builds the same optimizer.
-        cfg.optim.freeze = tuple(dict.fromkeys(tuple(cfg.optim.freeze) + FROZEN_TEXT_PATTERNS))
-    return cfg
+    """The config as the task resolves it (sizes from the data); idempotent."""
+    return task_module(cfg).resolve_config(cfg)
 
 
 def data_sources(cfg: ml_collections.ConfigDict):
-    """(train source, val source): random-access sources for the two splits."""
-    if cfg.data.source == "synthetic":
-        from wristmir_jax.data.synthetic import SyntheticSource
-
-        s = cfg.data.synthetic
-        kw = dict(image_size=cfg.model.image.image_size, crop_size=cfg.model.local.crop_size,
-                  max_len=cfg.model.text.max_len, vocab_size=cfg.model.text.vocab_size)
-        return (SyntheticSource(s.num_train, seed=s.seed, **kw),
-                SyntheticSource(s.num_val, seed=s.seed + 1000, **kw))
-    from wristmir_jax.data.source import DatasetSource  # tensorflow-datasets behind it
-
-    return DatasetSource(cfg.data.dir, "train"), DatasetSource(cfg.data.dir, cfg.data.val_split)
+    """(train source, val source) of the config's task."""
+    return task_module(cfg).data_sources(cfg)
 
 
 @dataclasses.dataclass
@@ -84,6 +50,7 @@ class Run:
 
     cfg: ml_collections.ConfigDict
     mesh: Mesh
+    task: Any
     model: Any
     objective: Callable
     tx: optax.GradientTransformation
@@ -108,7 +75,7 @@ class Run:
     def use_state(self, state: dict) -> None:
         """Adopts `state` (a restored checkpoint); the frozen text features follow its params."""
         self.state = state
-        if self.model.text_frozen:
+        if getattr(self.model, "text_frozen", False):
             self.text_cache = TextFeatureCache(self.model, state["params"])
 
     def host_batch(self, batch: dict) -> dict:
@@ -145,24 +112,26 @@ def build_run(cfg: ml_collections.ConfigDict, mesh: Mesh | None = None, *,
               batch: dict | None = None) -> Run:
     """The Run of `cfg` (resolved here) on `mesh` (default: `cfg.mesh` over every device).
     With `batch` (a global batch or its abstract shapes) the train step is compiled now."""
-    cfg = resolve_config(cfg)
+    task = task_module(cfg)
+    cfg = task.resolve_config(cfg)
     mesh = make_mesh(cfg.mesh) if mesh is None else mesh
     gbs, accum = int(cfg.data.global_batch_size), int(cfg.train.grad_accum)
     dp = data_parallel_size(mesh)
     if gbs % (dp * accum):
         raise UserError(f"data.global_batch_size {gbs} must be divisible by the data-parallel "
                         f"size {dp} x train.grad_accum {accum}")
-    model = build_model(cfg)
-    objective = losses.objective(cfg.loss, mesh=mesh)
+    model = task.build_model(cfg)
+    objective = task.objective(cfg, mesh)
 
     # Params and optimizer state are initialised by jitted functions whose outputs are placed
     # by the rules table, so every process computes the same values for its shards.
     init_key, state_key = jax.random.split(base_rng(cfg.seed))
-    abstract, axes = abstract_params(model, cfg.model, init_key)
+    init_batch = task.init_batch(cfg)
+    abstract, axes = abstract_params(model, init_batch, init_key)
     p_shard = sharding.param_shardings(abstract, axes, mesh, cfg.get("sharding_rules"))
     init_fn = model.init_params if hasattr(model, "init_params") else (lambda k, b: model.init(k, b)[0])
-    params = jax.jit(init_fn, out_shardings=p_shard)(init_key, dummy_batch(cfg.model))
-    params = with_pretrained(params, cfg.model, p_shard)
+    params = jax.jit(init_fn, out_shardings=p_shard)(init_key, init_batch)
+    params = task.load_pretrained(params, cfg, p_shard)
     tx, schedule = optim.make_optimizer(cfg.optim, abstract, int(cfg.train.steps))
     o_shard = sharding.follow_params(jax.eval_shape(tx.init, abstract), abstract, p_shard, mesh)
     opt_state = jax.jit(tx.init, out_shardings=o_shard)(params)
@@ -180,10 +149,12 @@ def build_run(cfg: ml_collections.ConfigDict, mesh: Mesh | None = None, *,
     trainable = optim.trainable_mask(cfg.optim, abstract)
 
     step_fn = make_train_step(model, objective, tx, schedule, grad_accum=accum,
-                              trainable=trainable, ema_decay=float(cfg.optim.ema_decay))
-    run = Run(cfg=cfg, mesh=mesh, model=model, objective=objective, tx=tx, schedule=schedule,
-              trainable=trainable, logical_axes=axes, state=state, shardings=shardings,
-              step_fn=step_fn, eval_fn=make_eval_step(model, objective))
+                              trainable=trainable, ema_decay=float(cfg.optim.ema_decay),
+                              prepare=task.prepare_batch)
+    run = Run(cfg=cfg, mesh=mesh, task=task, model=model, objective=objective, tx=tx,
+              schedule=schedule, trainable=trainable, logical_axes=axes, state=state,
+              shardings=shardings, step_fn=step_fn,
+              eval_fn=make_eval_step(model, objective, prepare=task.prepare_batch))
     run.use_state(state)
     run._jit(None)
     if batch is not None:

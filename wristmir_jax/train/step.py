@@ -33,25 +33,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from wristmir_jax.reports.relevance import relevance
 
 HOST_ONLY_KEYS = ("id",)
-
-
-def with_record_relevance(objective: Callable) -> Callable:
-    """The objective with the report relevance function handed to the terms that compute it
-    block by block (the ring multipos terms); objectives without that hook are returned as is."""
-    bind = getattr(objective, "with_relevance_fn", None)
-    return bind(relevance) if bind is not None else objective
-
-
-def add_relevance(batch: dict, objective: Callable | None = None) -> dict:
-    """The dense `relevance f32[4,B,B]` from the records on device, for objectives that read it
-    (`objective.reads_dense_relevance`, True when unknown). The ring terms with a relevance
-    function compute it block by block instead, so a pod step never builds the [4, B, B] array."""
-    if "relevance" in batch or not getattr(objective, "reads_dense_relevance", True):
-        return batch
-    return {**batch, "relevance": relevance(batch["record"], batch["record"])}
 
 
 def device_batch(batch: dict) -> dict:
@@ -119,20 +102,20 @@ def _temperatures(emb: dict) -> dict:
 
 def make_train_step(model: Any, objective: Callable, tx: optax.GradientTransformation,
                     lr_schedule: Callable, *, grad_accum: int = 1,
-                    trainable: Any = None, ema_decay: float = 0.0) -> Callable:
+                    trainable: Any = None, ema_decay: float = 0.0,
+                    prepare: Callable = lambda b: b) -> Callable:
     """The pure step. `trainable` (a bool pytree like params) restricts the reported gradient
     norm to parameters that train. A state with "ema_params" (optim.ema_decay > 0) also updates
     that average: decay min(ema_decay, (1 + t) / (10 + t)) at update t, so the first updates are
-    not dominated by the initial params; frozen leaves are copied."""
+    not dominated by the initial params; frozen leaves are copied. `prepare(batch)` (the task's,
+e.g. the relevance the losses read) runs on device first."""
     k = int(grad_accum)
     ema_decay = float(ema_decay)
-    objective = with_record_relevance(objective)
-
     def encode(params, batch, rng):
         return model.encode(params, batch, train=True, rng=rng)
 
     def train_step(state: dict, batch: dict):
-        batch = add_relevance(device_batch(batch), objective)
+        batch = prepare(device_batch(batch))
         params = state["params"]
         rng = jax.random.fold_in(state["rng"], state["step"])
         if k == 1:
@@ -180,13 +163,11 @@ def make_train_step(model: Any, objective: Callable, tx: optax.GradientTransform
     return train_step
 
 
-def make_eval_step(model: Any, objective: Callable) -> Callable:
+def make_eval_step(model: Any, objective: Callable, prepare: Callable = lambda b: b) -> Callable:
     """`eval_step(params, batch) -> metrics` (validation loss and its terms, no dropout)."""
 
-    objective = with_record_relevance(objective)
-
     def eval_step(params, batch):
-        batch = add_relevance(device_batch(batch), objective)
+        batch = prepare(device_batch(batch))
         emb = model.encode(params, batch, train=False, rng=None)
         total, aux = objective(emb, batch)
         return {"loss": total.astype(jnp.float32), **_scalar_metrics(aux)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from typing import Any
 
@@ -21,6 +22,7 @@ import numpy as np
 from wristmir_jax.errors import UserError
 from wristmir_jax.train import checkpoint as ckpt
 from wristmir_jax.train.distributed import is_primary
+from wristmir_jax.train.evaluators import build_evaluators, floats as _floats, host as _host
 from wristmir_jax.train.inputs import SourceBatches
 from wristmir_jax.train.mesh import make_mesh
 from wristmir_jax.train.metrics_log import MetricsLogger
@@ -48,34 +50,15 @@ def _prefill_text(cache, sources) -> None:
                  cache.chunks, time.time() - t0)
 
 
-def make_train_iterator(cfg, source):
-    """`data.order`: "global" (SourceBatches: the same global batches for any process count)
-    or "grain" (data.pipeline: per-process shards, worker processes, augmentation)."""
-    if cfg.data.order == "global":
-        return SourceBatches(source, cfg.data.global_batch_size, seed=cfg.seed)
-    if cfg.data.order != "grain":
-        raise UserError(f"data.order must be 'global' or 'grain', got {cfg.data.order!r}")
-    from wristmir_jax.data.pipeline import make_pipeline
-
-    return make_pipeline(source, "train", global_batch_size=cfg.data.global_batch_size,
-                         seed=cfg.seed, augment=bool(cfg.data.augment),
-                         worker_count=int(cfg.data.worker_count))
-
-
 def _write_json(path: str, obj: Any) -> None:
     with atomic_write(path) as f:
         json.dump(obj, f, indent=2, sort_keys=True, default=float)
 
 
-def _host(x: Any) -> np.ndarray:
-    """A replicated jax.Array's value (works when other processes hold other devices)."""
-    if isinstance(x, jax.Array):
-        return np.asarray(x.addressable_data(0))
-    return np.asarray(x)
-
-
-def _floats(m: dict) -> dict:
-    return {k: float(_host(v)) for k, v in m.items()}
+def _better(value: float, best: dict, metric: str, mode: str) -> bool:
+    if not best or best.get("metric", "val/loss") != metric:
+        return True  # no best yet, or one chosen by another metric (the config changed)
+    return value > best["value"] if mode == "max" else value < best["value"]
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -99,14 +82,17 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     log.info("model: %.2fM parameters", run.num_params / 1e6)
 
     # --- data --------------------------------------------------------------------------------
-    train_source, val_source = data_sources(cfg)
-    train_it = make_train_iterator(cfg, train_source)
-    n_eval = int(cfg.data.eval_batches) or max(1, len(val_source) // gbs)
+    sources = train_source, val_source = data_sources(cfg)
+    train_it = run.task.train_iterator(cfg, train_source)
+    evaluators = build_evaluators(run, run.task, sources)
+    best_metric = str(cfg.train.best_metric)
+    best_mode = str(cfg.train.best_mode)
 
     # --- restore -----------------------------------------------------------------------------
     manager = ckpt.make_manager(workdir, save_every=int(cfg.train.checkpoint_every),
                                 keep=int(cfg.train.keep), keep_best=int(cfg.train.keep_best),
-                                async_save=bool(cfg.train.async_checkpoint))
+                                async_save=bool(cfg.train.async_checkpoint),
+                                best_metric=best_metric, best_mode=best_mode)
     abstract = ckpt.abstract_like(run.state, run.shardings)
     latest, restored, skipped = ckpt.restore_newest_good(
         manager, lambda s: ckpt.restore(manager, s, abstract, train_it), where=workdir)
@@ -124,7 +110,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     start = int(_host(state["step"]))
     best = read_json_or_none(fs.join(workdir, "best.json")) or {}
     if run.text_cache is not None:
-        _prefill_text(run.text_cache, (train_source, val_source))
+        _prefill_text(run.text_cache, sources)
 
     # --- compile -----------------------------------------------------------------------------
     next_host = next(train_it) if start < total else None
@@ -133,21 +119,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     compiled = run.compile(run.global_batch(probe))
     log.info("train step compiled in %.1fs; memory: %s", run.compile_s, run.memory)
 
-    def evaluate(params) -> dict:
-        it = SourceBatches(val_source, gbs, seed=0, shuffle=False)
-        sums: dict[str, float] = {}
-        for _ in range(n_eval):
-            m = _floats(run.eval_step(params, run.global_batch(next(it))))
-            for k, v in m.items():
-                sums[k] = sums.get(k, 0.0) + v
-        return {k: v / n_eval for k, v in sums.items()}
-
     # --- loop --------------------------------------------------------------------------------
     logger = MetricsLogger(workdir, enabled=primary, total_steps=total, start_step=start)
     inject = {int(s) for s in cfg.train.inject_nonfinite_steps}
     limit = int(cfg.train.max_consecutive_nonfinite)
     last: dict = {}
-    last_val: dict = {}
+    last_evals: dict[str, dict] = {}
     stop: NonFiniteStop | None = None
     try:
         for step in range(start, total):
@@ -179,16 +156,23 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                 continue
             if s % int(cfg.train.log_every) == 0 or s == total:
                 logger.write(s, m)
-            val_metrics = None
-            if (cfg.train.eval_every and s % int(cfg.train.eval_every) == 0) or s == total:
-                last_val = evaluate(inference_params(state))
-                val_metrics = {"val_loss": last_val["loss"]}
-                logger.write(s, last_val, split="val")
-                if primary and (not best or last_val["loss"] < best["val_loss"]):
-                    best = {"step": s, "val_loss": last_val["loss"]}
+            ran, ckpt_metrics = False, None
+            for ev in evaluators:
+                if not ev.due(s, total):
+                    continue
+                ran = True
+                t_eval = time.perf_counter()
+                res = ev.run(inference_params(state))
+                last_evals[ev.name] = res
+                logger.write(s, {**res, "seconds": time.perf_counter() - t_eval}, split=ev.name)
+                value = {f"{ev.name}/{k}": v for k, v in res.items()}.get(best_metric)
+                if value is None:
+                    continue
+                ckpt_metrics = {best_metric: value}
+                if primary and _better(value, best, best_metric, best_mode):
+                    best = {"step": s, "metric": best_metric, "value": value}
                     _write_json(fs.join(workdir, "best.json"), best)
-            ckpt.save(manager, s, state, train_it, metrics=val_metrics,
-                      force=val_metrics is not None or s == total)
+            ckpt.save(manager, s, state, train_it, metrics=ckpt_metrics, force=ran or s == total)
     except NonFiniteStop as e:
         stop = e
     finally:
@@ -200,7 +184,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 
     # --- summary -----------------------------------------------------------------------------
     final_step = int(_host(state["step"]))
-    summary = {"status": "stopped_nonfinite" if stop else "completed", "step": final_step, "metrics": last, "val": last_val,
+    summary = {"status": "stopped_nonfinite" if stop else "completed", "step": final_step, "metrics": last, "evals": last_evals,
                "best": best, "params_sha256": ckpt.params_sha256(inference_params(state)),
                "num_params": run.num_params, "nonfinite_total": int(_host(state["nonfinite_total"])),
                "global_batch_size": gbs, "devices": mesh.size, "processes": jax.process_count(),
