@@ -41,6 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="DATA_DIR (default: the one recorded in the index)")
     p.add_argument("--include-same-patient", action="store_true")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--explain", action="store_true",
+                   help="add a preliminary finding for the bone from the results (one bone: --region/--where/--box)")
     p.add_argument("--panel", default=None, help="write a PNG panel of the query and results")
 
 
@@ -207,17 +209,43 @@ def _panel(res: dict, index, path: str, data_dir: str | None) -> None:
     draw_panel(path, query, tiles, region=region)
 
 
+def explain_result(res: dict, args: argparse.Namespace, phraser=None) -> dict:
+    """The explanation (retrieval/explain.py) of a search result for its one bone."""
+    from wristmir_jax.retrieval.explain import explain_neighbours, paragraph
+    from wristmir_jax.retrieval.store import load_index
+
+    region = res["region"]
+    if region not in REGIONS:
+        raise UserError("--explain needs one bone (--region, --where or a classified --box)")
+    index = load_index(args.index)
+    rows = res["results"]
+    pos = [index.position(r["id"]) for r in rows]
+    recs = index.arrays.records[pos] if pos else np.zeros((0, index.arrays.records.shape[1]), np.int32)
+    expl = explain_neighbours(recs, [r["id"] for r in rows], [r["score"] for r in rows], region)
+    text = phraser.phrase(expl) if phraser is not None else paragraph(expl)
+    out = {"explanation": expl.to_json(), "paragraph": text}
+    if phraser is not None:
+        out["paragraph_source"] = phraser.last
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.explain and (args.report or args.text is not None):
+        raise UserError("--explain goes with an image or id query (image->image)")
     res = search(args)
     if args.panel:
         from wristmir_jax.retrieval.store import load_index
 
         _panel(res, load_index(args.index), args.panel, args.data)
     res.pop("_qinfo", None)
+    if args.explain:
+        res.update(explain_result(res, args))
     if args.json:
         print(json.dumps(res, indent=2))
     else:
         _print_table(res)
+        if args.explain:
+            print(res["paragraph"])
         if args.panel:
             print(f"wrote {args.panel}")
     return 0
