@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from wristmir_jax.cli.search import explain_result, search
 
     for name, default in (("text", None), ("where", None), ("report", False), ("box", None),
-                          ("panel", None), ("explain", True)):
+                          ("panel", None), ("explain", True), ("box_classifier", None)):
         setattr(args, name, default)
     phraser = None
     if args.llm:

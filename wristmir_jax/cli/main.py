@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "embed": ("wristmir_jax.cli.embed", "embed a split into a retrieval index"),
     "search": ("wristmir_jax.cli.search", "query an index (image, text or id), optionally per bone"),
     "explain": ("wristmir_jax.cli.explain", "a preliminary finding for one bone from the retrieved cases"),
+    "box-classifier": ("wristmir_jax.cli.box_classifier", "train the anatomy classifier of drawn boxes"),
     "evaluate": ("wristmir_jax.cli.evaluate", "retrieval and diagnosis metrics for an index"),
     "bench": ("wristmir_jax.cli.bench", "throughput / memory benchmarks (JSON)"),
     "demo": ("wristmir_jax.cli.demo", "the whole pipeline on synthetic data, ending in report.md"),
