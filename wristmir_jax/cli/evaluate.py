@@ -22,6 +22,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-k", "--ks", default="1,5,10,20,50", help="cut-offs, comma-separated")
     p.add_argument("--knn-k", type=int, default=None, help="neighbours voting in kNN diagnosis (default 10)")
     p.add_argument("--no-trec", action="store_true", help="skip the TREC run/qrels export")
+    p.add_argument("--gold", default=None, help="gold.jsonl: also score the explanations against gold findings")
+    p.add_argument("--text-queries", default=None, metavar="MANIFEST",
+                   help="manifest.jsonl with the queries' reports: text queries conditioned on the bones "
+                        "they name vs unconditioned (nDCG@10 per bone; needs the index's model)")
+    p.add_argument("--workdir", default=None, help="model workdir for --text-queries (default: the index's)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--ks values must be positive")
     out_dir = os.path.dirname(os.path.abspath(args.out))
     res = evaluate_index(args.index, args.train_index, cfg, queries=args.queries, out_dir=out_dir,
-                         ks=ks, knn_k=args.knn_k, export_trec=not args.no_trec)
+                         ks=ks, knn_k=args.knn_k, export_trec=not args.no_trec, gold=args.gold,
+                         text_queries=args.text_queries, workdir=args.workdir)
     paths = write_outputs(res, args.out)
     two = res["diagnosis_knn"]["two_stage"]["mean_f1"]
     glob = res["diagnosis_knn"]["global"]["mean_f1"]
