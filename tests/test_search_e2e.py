@@ -79,7 +79,7 @@ def test_report_search_matches_numpy(demo, capsys):
 
 
 def test_box_with_and_without_region(demo, capsys, tmp_path):
-    from wristmir_jax.retrieval.box_classifier import BoxClassifier, box_crop, classify_crops
+    from wristmir_jax.retrieval.box_classifier import BoxClassifier, box_crop, box_geometry, classify_crops
     from wristmir_jax.train.checkpoint import params_sha256
 
     root, index_dir, index, qm, manifest = demo
@@ -103,9 +103,11 @@ def test_box_with_and_without_region(demo, capsys, tmp_path):
     from wristmir_jax.imaging.io import load_image
 
     clf = BoxClassifier.load(clf_dir, params_sha256(qm.params))
-    crop = box_crop(load_image(img), [float(v) for v in box_arg.split(",")], m["laterality"],
-                    qm.model.crop_size, clf.meta["margin"])
-    probs = classify_crops(clf, qm.model, qm.params, crop[None, ..., None].astype(np.float32))[0]
+    pixels = load_image(img)
+    b = [float(v) for v in box_arg.split(",")]
+    crop = box_crop(pixels, b, m["laterality"], qm.model.crop_size, clf.meta["margin"])
+    geo = box_geometry(b, pixels.shape[1], pixels.shape[0], m["laterality"])[None]
+    probs = classify_crops(clf, qm.model, qm.params, crop[None, ..., None].astype(np.float32), geo)[0]
     cls = ("distal_radius", "distal_ulna", "ulnar_styloid", "other")[int(probs.argmax())]
     assert res["query"]["box_class"]["class"] == cls
     if cls == "other":

@@ -3,8 +3,11 @@ a region of interest outlines, so that `search --box` without `--region` can con
 
 Features: the box's square crop (the same crop_square + margin as the dataset's bone crops, in
 the canonical right-wrist frame) through the contrastive model's crop tower once per bone id,
-concatenated: f32[3 * D]. A crop tower with per-bone weights or a region embedding answers each
-id differently, and how well a crop matches each bone's view is what tells the bones apart.
+concatenated: f32[3 * D], plus the box's geometry in the canonical frame (centre, width and
+height as fractions of the image, log aspect: `box_geometry`). A crop tower with per-bone weights
+or a region embedding answers each id differently, and how well a crop matches each bone's view
+tells the bones apart; where the box lies and how large it is separates what the crop alone
+confuses (a loose styloid box and the ulna around it; measured: 0.74 -> see BUILD_NOTES).
 Head: a two-layer MLP (hidden 128, GELU) trained with Adam on these features. `finetune=True`
 also updates the crop tower's projection (local_image_proj) with the head, starting from the
 contrastive weights; the rest of the tower stays frozen (CPU budget).
@@ -85,6 +88,18 @@ def sample_boxes(bone_boxes: dict[str, Sequence[float]], w: int, h: int, rng: np
         if b is not None:
             out.append((b, OTHER))
     return out
+
+
+def box_geometry(box: Sequence[float], w: int, h: int, laterality: str | None) -> np.ndarray:
+    """f32[5]: centre x, centre y, width, height (fractions of the image, canonical right-wrist
+    frame) and log(width / height) of a box in original pixels."""
+    from wristmir_jax.imaging.preprocess import canonical_flip
+
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if canonical_flip(laterality):
+        x0, x1 = w - x1, w - x0
+    bw, bh = max(x1 - x0, 1e-3), max(y1 - y0, 1e-3)
+    return np.array([(x0 + x1) / 2 / w, (y0 + y1) / 2 / h, bw / w, bh / h, np.log(bw / bh)], np.float32)
 
 
 def box_crop(img: np.ndarray, box: Sequence[float], laterality: str | None, size: int, margin: float) -> np.ndarray:
@@ -187,10 +202,12 @@ class BoxClassifier:
         return cls(head, meta, proj)
 
 
-def train(model, params, crops: np.ndarray, labels: np.ndarray, *, steps: int = 400, lr: float = 3e-3,
+def train(model, params, crops: np.ndarray, geometry: np.ndarray, labels: np.ndarray, *, steps: int = 800,
+          lr: float = 3e-3,
           batch: int = 128, finetune: bool = False, seed: int = 0, featurizer=None) -> BoxClassifier:
-    """Trains the head (and with finetune the crop projection) on crops f32[N,s,s,1], labels
-    int[N] (class indices). Returns the classifier (meta without figures)."""
+    """Trains the head (and with finetune the crop projection) on crops f32[N,s,s,1], their box
+    geometry f32[N,5] and labels int[N] (class indices). Returns the classifier (meta without
+    figures)."""
     import jax
     import jax.numpy as jnp
     import optax
@@ -203,6 +220,7 @@ def train(model, params, crops: np.ndarray, labels: np.ndarray, *, steps: int = 
     if not finetune:
         feats = np.concatenate([np.asarray(featurizer(params, jnp.asarray(crops[s:s + 256])))
                                 for s in range(0, n, 256)])
+        feats = np.concatenate([feats, np.asarray(geometry, np.float32)], 1)
         head = jax.tree.map(jnp.asarray, _init_head(seed, feats.shape[1]))
 
         def loss_fn(h, x, y):
@@ -220,43 +238,45 @@ def train(model, params, crops: np.ndarray, labels: np.ndarray, *, steps: int = 
             head, opt, _ = step(head, opt, feats[idx], labels[idx])
         return BoxClassifier(jax.tree.map(np.asarray, head), {}, None)
 
-    d_in = int(np.asarray(featurizer(params, jnp.asarray(crops[:1]))).shape[1])
+    d_in = int(np.asarray(featurizer(params, jnp.asarray(crops[:1]))).shape[1]) + geometry.shape[1]
     trainable = {"head": jax.tree.map(jnp.asarray, _init_head(seed, d_in)),
                  "proj": jax.tree.map(jnp.asarray, params["local_image_proj"])}
     frozen = params
 
-    def featurize(t, x):
+    def featurize(t, x, geo):
         p = dict(frozen)
         p["local_image_proj"] = t["proj"]
         outs = [model.encode_crop(p, x, jnp.full((x.shape[0],), r, jnp.int32)) for r in range(len(REGIONS))]
-        return jnp.concatenate(outs, -1)
+        return jnp.concatenate(outs + [geo], -1)
 
-    def loss_fn(t, x, y):
-        return optax.softmax_cross_entropy_with_integer_labels(head_logits(t["head"], featurize(t, x)), y).mean()
+    def loss_fn(t, x, geo, y):
+        return optax.softmax_cross_entropy_with_integer_labels(head_logits(t["head"], featurize(t, x, geo)), y).mean()
 
     @jax.jit
-    def step(t, opt, x, y):
-        loss, g = jax.value_and_grad(loss_fn)(t, x, y)
+    def step(t, opt, x, geo, y):
+        loss, g = jax.value_and_grad(loss_fn)(t, x, geo, y)
         upd, opt = tx.update(g, opt, t)
         return optax.apply_updates(t, upd), opt, loss
 
     opt = tx.init(trainable)
     for _ in range(steps):
         idx = rng.integers(0, n, min(batch, n))
-        trainable, opt, _ = step(trainable, opt, jnp.asarray(crops[idx]), jnp.asarray(labels[idx]))
+        trainable, opt, _ = step(trainable, opt, jnp.asarray(crops[idx]), jnp.asarray(geometry[idx]),
+                                 jnp.asarray(labels[idx]))
     return BoxClassifier(jax.tree.map(np.asarray, trainable["head"]), {},
                          jax.tree.map(np.asarray, trainable["proj"]))
 
 
-def classify_crops(clf: BoxClassifier, model, params, crops: np.ndarray, featurizer=None) -> np.ndarray:
-    """Class probabilities f32[N, 4] for crops f32[N,s,s,1]."""
+def classify_crops(clf: BoxClassifier, model, params, crops: np.ndarray, geometry: np.ndarray,
+                   featurizer=None) -> np.ndarray:
+    """Class probabilities f32[N, 4] for crops f32[N,s,s,1] and their box geometry f32[N,5]."""
     import jax.numpy as jnp
 
     featurizer = featurizer or make_featurizer(model)
     p = clf.model_params(params)
     feats = np.concatenate([np.asarray(featurizer(p, jnp.asarray(crops[s:s + 256])))
                             for s in range(0, crops.shape[0], 256)])
-    return clf.predict_features(feats)
+    return clf.predict_features(np.concatenate([feats, np.asarray(geometry, np.float32)], 1))
 
 
 def classify_box_file(model, params, params_sha256: str, path: str, box: Sequence[float],
@@ -274,5 +294,6 @@ def classify_box_file(model, params, params_sha256: str, path: str, box: Sequenc
     except SchemaError as e:
         raise UserError(str(e), path=path) from None
     crop = box_crop(img, box, laterality, model.crop_size, float(clf.meta.get("margin", 0.2)))
-    probs = classify_crops(clf, model, params, crop[None, ..., None].astype(np.float32))[0]
+    geo = box_geometry(box, w, h, laterality)[None]
+    probs = classify_crops(clf, model, params, crop[None, ..., None].astype(np.float32), geo)[0]
     return CLASSES[int(probs.argmax())], {c: round(float(p), 4) for c, p in zip(CLASSES, probs)}
