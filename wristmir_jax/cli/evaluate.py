@@ -37,6 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grounding-manifest", default=None,
                    help="manifest.jsonl of those images (image sizes, laterality); default: the "
                         "manifest.jsonl beside --grounding-boxes")
+    p.add_argument("--gold", default=None, help="gold.jsonl: also score the explanations against gold findings")
+    p.add_argument("--text-queries", default=None, metavar="MANIFEST",
+                   help="manifest.jsonl with the queries' reports: text queries conditioned on the bones "
+                        "they name vs unconditioned (nDCG@10 per bone; needs the index's model)")
+    p.add_argument("--workdir", default=None, help="model workdir for --text-queries (default: the index's)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         res = evaluate_index(args.index, args.train_index, cfg, queries=args.queries,
                              out_dir=out_dir, ks=ks, knn_k=args.knn_k,
-                             export_trec=not args.no_trec)
+                             export_trec=not args.no_trec, gold=args.gold,
+                             text_queries=args.text_queries, workdir=args.workdir)
         if args.grounding_boxes:
             res["grounding"] = evaluate_grounding(args.index, args.grounding_boxes,
                                                   args.grounding_manifest, out_dir=out_dir)

@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("wristmir_jax.cli.train", "train the global + local contrastive encoders"),
     "embed": ("wristmir_jax.cli.embed", "embed a split into a retrieval index"),
     "search": ("wristmir_jax.cli.search", "query an index (image, text or id), optionally per bone"),
+    "explain": ("wristmir_jax.cli.explain", "a preliminary finding for one bone from the retrieved cases"),
+    "box-classifier": ("wristmir_jax.cli.box_classifier", "train the anatomy classifier of drawn boxes"),
     "evaluate": ("wristmir_jax.cli.evaluate", "retrieval and diagnosis metrics for an index"),
     "aot": ("wristmir_jax.cli.aot", "compile the train step for a TPU topology: fits in HBM? FLOPs"),
     "bench": ("wristmir_jax.cli.bench", "throughput / memory benchmarks (JSON)"),

@@ -39,7 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", choices=("two_stage", "global", "region", "exhaustive"), default="two_stage")
     p.add_argument("--report", action="store_true", help="image->report: rank the database's reports")
     p.add_argument("--box", default=None, metavar="X0,Y0,X1,Y1",
-                   help="with --image: a box (original pixels) around the bone named by --region")
+                   help="with --image: a box (original pixels); its bone is --region's, else the box classifier's")
+    p.add_argument("--box-classifier", default=None, metavar="DIR",
+                   help="box classifier folder (default: WORKDIR/box_classifier of the index's model)")
     p.add_argument("--laterality", choices=("left", "right"), default=None, help="side of the query image")
     p.add_argument("--localizer", default=None, help="localizer workdir for the query image's bone boxes")
     p.add_argument("--workdir", default=None, help="model workdir (default: the one recorded in the index)")
@@ -49,6 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None,
                    help="config file for the retrieval settings (default: the training config of "
                         "the index's workdir); --config.retrieval.alpha=... overrides either")
+    p.add_argument("--explain", action="store_true",
+                   help="add a preliminary finding for the bone from the results (one bone: --region/--where/--box)")
     p.add_argument("--panel", default=None, help="write a PNG panel of the query and results")
 
 
@@ -71,6 +75,25 @@ def _bones_from_words(text: str, option: str) -> tuple[str, ...]:
     if not bones:
         raise UserError(f"{option} {text!r} names none of the bones {', '.join(REGIONS)}")
     return bones
+
+
+def _classify_box(qm, index, args, box) -> tuple[str | None, dict]:
+    """(bone or None for "other", {"class", "probabilities"}) from the box classifier."""
+    import os
+
+    from wristmir_jax.retrieval.box_classifier import classify_box_file
+    from wristmir_jax.train.checkpoint import params_sha256
+
+    folder = args.box_classifier
+    if folder is None:
+        workdir = args.workdir or index.fingerprint["model"].get("workdir")
+        folder = os.path.join(workdir, "box_classifier") if workdir else None
+    if folder is None or not os.path.isdir(folder):
+        raise UserError("--box without --region needs a box classifier (`wristmir box-classifier`) "
+                        "or --region naming the bone", path=folder)
+    cls, probs = classify_box_file(qm.model, qm.params, params_sha256(qm.params), args.image, box,
+                                   args.laterality, folder)
+    return (None if cls == "other" else cls), {"class": cls, "probabilities": probs}
 
 
 def search(args: argparse.Namespace) -> dict:
@@ -144,12 +167,24 @@ def search(args: argparse.Namespace) -> dict:
             qinfo = {"kind": "text", "region": single, "anatomy_from": "region" if single else None}
             return _result(index, qinfo, s[0], i[0], query_region, args, qm=qm)
         box = _parse_box(args.box) if args.box else None
+        qinfo_box = None
         if box is not None and single is None:
-            raise UserError("--box needs --region naming one bone")
+            if args.region is not None:
+                raise UserError("--box outlines one bone: --region must name one (or leave it out)")
+            single, qinfo_box = _classify_box(qm, index, args, box)
+            if single is None:
+                print(f"wristmir search: warning: the box looks like none of the bones "
+                      f"(p(other) = {qinfo_box['probabilities']['other']:.2f}); searching the whole image",
+                      file=sys.stderr)
+                box = None
+            else:
+                args.region, query_region, anatomy_from = single, single, "box"
         q, info = qm.encode_image_file(args.image, laterality=args.laterality, localizer=args.localizer,
                                        box=box, box_region=single)
         qinfo = {"kind": "image", "path": args.image, "crop_source": info["crop_source"],
                  "prepared": info["prepared"], "boxes": info["boxes"]}
+        if qinfo_box is not None:
+            qinfo["box_class"] = qinfo_box
     qinfo["anatomy_from"] = anatomy_from
     if args.report:
         s, i = retr.image_to_report(q, k=k)
@@ -227,17 +262,43 @@ def _panel(res: dict, index, path: str, data_dir: str | None) -> None:
     draw_panel(path, query, tiles, region=region)
 
 
+def explain_result(res: dict, args: argparse.Namespace, phraser=None) -> dict:
+    """The explanation (retrieval/explain.py) of a search result for its one bone."""
+    from wristmir_jax.retrieval.explain import explain_neighbours, paragraph
+    from wristmir_jax.retrieval.store import load_index
+
+    region = res["region"]
+    if region not in REGIONS:
+        raise UserError("--explain needs one bone (--region, --where or a classified --box)")
+    index = load_index(args.index)
+    rows = res["results"]
+    pos = [index.position(r["id"]) for r in rows]
+    recs = index.arrays.records[pos] if pos else np.zeros((0, index.arrays.records.shape[1]), np.int32)
+    expl = explain_neighbours(recs, [r["id"] for r in rows], [r["score"] for r in rows], region)
+    text = phraser.phrase(expl) if phraser is not None else paragraph(expl)
+    out = {"explanation": expl.to_json(), "paragraph": text}
+    if phraser is not None:
+        out["paragraph_source"] = phraser.last
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.explain and (args.report or args.text is not None):
+        raise UserError("--explain goes with an image or id query (image->image)")
     res = search(args)
     if args.panel:
         from wristmir_jax.retrieval.store import load_index
 
         _panel(res, load_index(args.index), args.panel, args.data)
     res.pop("_qinfo", None)
+    if args.explain:
+        res.update(explain_result(res, args))
     if args.json:
         print(json.dumps(res, indent=2))
     else:
         _print_table(res)
+        if args.explain:
+            print(res["paragraph"])
         if args.panel:
             print(f"wrote {args.panel}")
     return 0

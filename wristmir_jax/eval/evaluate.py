@@ -149,7 +149,8 @@ def knn_diagnosis(rankings: dict, q_labels: np.ndarray, db_labels: np.ndarray, k
 def evaluate_index(index_dir: str, train_index_dir: str | None = None, cfg: Any = None, *,
                    queries: str = "test", out_dir: str | None = None,
                    ks: tuple[int, ...] = M.DEFAULT_KS, knn_k: int | None = None,
-                   export_trec: bool = True) -> dict:
+                   export_trec: bool = True, explain: bool = True, gold: str | None = None,
+                   text_queries: str | None = None, workdir: str | None = None) -> dict:
     """Every metric of the module docstring for INDEX_DIR; writes TREC files into out_dir/trec
     when out_dir is given. Returns the metrics dict (NaN where undefined, e.g. no positives)."""
     index = load_index(index_dir)
@@ -211,6 +212,16 @@ def evaluate_index(index_dir: str, train_index_dir: str | None = None, cfg: Any 
     db_labels = fracture_labels(np.asarray(index.arrays.records))
     result["positives"] = {r: int(q_labels[:, i].sum()) for i, r in enumerate(REGIONS)}
     result["diagnosis_knn"] = knn_diagnosis(rankings, q_labels, db_labels, knn_k)
+    if explain:
+        result["explanation_accuracy"] = explanation_accuracy(
+            index, retriever, q, q_ids, q_records, knn_k, read_gold_records(gold) if gold else None)
+    if text_queries:
+        from wristmir_jax.retrieval.encode import QueryModel
+        from wristmir_jax.utils.jsonl import read_jsonl_strict
+
+        reports = {row["id"]: row.get("report", "") for row in read_jsonl_strict(text_queries)}
+        result["text_anatomy"] = text_anatomy_ndcg(index, retriever, QueryModel(index, workdir=workdir),
+                                                   reports, q_ids, q_records, qg, gains, 10)
     if train_index_dir:
         train = load_index(train_index_dir, params_sha256=index.fingerprint["model"].get("params_sha256"),
                            dim=index.dim)
@@ -226,6 +237,89 @@ def image_to_report_graded(retriever: Retriever, q: QueryEmbeddings, gains: np.n
     excluded) with the graded gains of `gains` (int8[4, Q, N], row 3 global, rows 0-2 bones)."""
     _, idx = retriever.image_to_report(q, k=max(ks), exclude_same_patient=True)
     return {c: M.mean_metrics(M.ranking_metrics(idx, gains[_REL_ROW[c]], ks)) for c in CONDITIONS}
+
+
+def explanation_accuracy(index: Index, retriever: Retriever, q: QueryEmbeddings, q_ids, q_records: np.ndarray,
+                         k: int, gold: dict[str, np.ndarray] | None = None) -> dict:
+    """Per bone, the per-field accuracy of the explanation (retrieval/explain.py) built from each
+    query's two-stage top-k for that bone, against the query's mined findings and, when `gold`
+    ({id: record}) is given, against its gold findings (queries without gold are skipped)."""
+    from wristmir_jax.retrieval.explain import explain_neighbours, field_accuracy
+
+    a = index.arrays
+    out: dict[str, dict] = {}
+    for r in REGIONS:
+        scores, idx = retriever.image_to_image(q, region=r, k=k, method="two_stage")
+        preds = []
+        for s_row, i_row in zip(scores, idx):
+            keep = i_row >= 0
+            preds.append(explain_neighbours(a.records[i_row[keep]], a.ids[i_row[keep]].tolist(),
+                                            s_row[keep].tolist(), r).predicted())
+        res = {"vs_mined": field_accuracy(preds, q_records, r)}
+        if gold:
+            have = [j for j, i in enumerate(np.asarray(q_ids).tolist()) if i in gold]
+            if have:
+                res["vs_gold"] = field_accuracy([preds[j] for j in have],
+                                                np.stack([gold[q_ids[j]] for j in have]), r)
+                res["gold_queries"] = len(have)
+        out[r] = res
+    return out
+
+
+def read_gold_records(path: str) -> dict[str, np.ndarray]:
+    """gold.jsonl (id, regions, global) -> {id: schema record}."""
+    from wristmir_jax.schema import encode_record
+    from wristmir_jax.utils.jsonl import read_jsonl_strict
+
+    return {row["id"]: encode_record(row["regions"], row["global"]) for row in read_jsonl_strict(path)}
+
+
+def text_anatomy_ndcg(index: Index, retriever: Retriever, qm, reports: dict[str, str], q_ids, q_records,
+                      q_groups, gains: np.ndarray, k: int = 10) -> dict:
+    """Text queries made from reports ({id: report text}, the sentences of the findings and
+    impression that name a bone): per bone r, over the queries whose text names r, nDCG@k with
+    bone r's gains of global text->image retrieval (unconditioned) and of the search conditioned
+    on the bones the text names (reports.anatomy; text_to_image_conditioned). Same-patient items
+    carry no gain (the query's own image is not a hit)."""
+    from wristmir_jax.reports.anatomy import bones_in_text
+    from wristmir_jax.reports.rules import split_sections
+
+    rows = []
+    for j, qid in enumerate(np.asarray(q_ids).tolist()):
+        text = reports.get(qid)
+        if not text:
+            continue
+        body = " ".join(t for kind, t in split_sections(text) if kind in ("findings", "impression", "preamble"))
+        sentences = [x.strip() for x in body.replace("\n", ". ").split(".") if x.strip()]
+        named = [x for x in sentences if bones_in_text(x)]
+        if not named:
+            continue
+        query = ". ".join(named[:3])
+        rows.append((j, query, bones_in_text(query)))
+    out: dict[str, dict] = {}
+    if not rows:
+        return out
+    dim = index.dim
+    g = np.stack([qm.encode_text(t) for _, t, _ in rows])
+    reg = np.zeros((len(rows), len(REGIONS), dim), np.float32)
+    for n, (_, t, bones) in enumerate(rows):
+        for b in bones:
+            reg[n, REGIONS.index(b)] = qm.encode_text(t, b)
+    pos = np.array([j for j, _, _ in rows])
+    _, uncond = retriever.coarse.search(g, k)
+    cond = np.zeros((len(rows), k), np.int32)
+    for bones in sorted({b for _, _, b in rows}):
+        sel = np.array([n for n, (_, _, b) in enumerate(rows) if b == bones])
+        _, cond[sel] = retriever.text_to_image_conditioned(g[sel], reg[sel], bones, k=k)
+    for r_i, r in enumerate(REGIONS):
+        sel = np.array([n for n, (_, _, b) in enumerate(rows) if r in b])
+        if sel.size == 0:
+            continue
+        gr = gains[r_i][pos[sel]]
+        out[r] = {"queries": int(sel.size),
+                  "unconditioned": M.mean_metrics(M.ranking_metrics(uncond[sel], gr, (k,))).get(f"ndcg@{k}"),
+                  "conditioned": M.mean_metrics(M.ranking_metrics(cond[sel], gr, (k,))).get(f"ndcg@{k}")}
+    return out
 
 
 # --- outputs --------------------------------------------------------------------------------
@@ -269,6 +363,20 @@ def markdown_table(result: dict) -> str:
     for m, v in result.get("diagnosis_probe", {}).items():
         lines.append(f"| probe {m} | " + " | ".join("-" for _ in REGIONS) + " | - | "
                      + " | ".join(_fmt(v['auroc'][r]) for r in REGIONS) + " |")
+    if "explanation_accuracy" in result:
+        from wristmir_jax.retrieval.explain import REGION_FIELDS
+
+        lines += ["", f"## Explanations: per-field accuracy of the preliminary finding (two-stage top {result['knn_k']})", "",
+                  "| bone | against | " + " | ".join(REGION_FIELDS) + " |", "|---|---|" + "---|" * len(REGION_FIELDS)]
+        for r, v in result["explanation_accuracy"].items():
+            for ref in ("vs_mined", "vs_gold"):
+                if ref in v:
+                    lines.append(f"| {r} | {ref[3:]} | " + " | ".join(_fmt(v[ref].get(f)) for f in REGION_FIELDS) + " |")
+    if result.get("text_anatomy"):
+        lines += ["", "## Text queries from reports: conditioned on the bones they name vs not (nDCG@10)", "",
+                  "| bone | queries | unconditioned | conditioned |", "|---|---|---|---|"]
+        for r, v in result["text_anatomy"].items():
+            lines.append(f"| {r} | {v['queries']} | {_fmt(v['unconditioned'])} | {_fmt(v['conditioned'])} |")
     lines += ["", "Positives among the queries: " + ", ".join(f"{r} {n}" for r, n in result["positives"].items()), ""]
     return "\n".join(lines)
 
