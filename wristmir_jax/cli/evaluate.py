@@ -40,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--ks {args.ks!r}: expected comma-separated integers") from None
     if not ks or min(ks) <= 0:
         raise UserError("--ks values must be positive")
+    if args.knn_k is not None and args.knn_k <= 0:
+        raise UserError(f"--knn-k must be a positive integer, got {args.knn_k}")
     out_dir = os.path.dirname(os.path.abspath(args.out))
     res = evaluate_index(args.index, args.train_index, cfg, queries=args.queries, out_dir=out_dir,
                          ks=ks, knn_k=args.knn_k, export_trec=not args.no_trec)

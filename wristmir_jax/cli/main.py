@@ -56,7 +56,11 @@ def main(argv: list[str] | None = None) -> None:
     module = importlib.import_module(COMMANDS[name][0])
     parser = argparse.ArgumentParser(prog=f"wristmir {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
-    rest, overrides = split_overrides(rest)
+    try:
+        rest, overrides = split_overrides(rest)
+    except UserError as e:
+        print(f"wristmir {name}: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
     args = parser.parse_args(rest)
     args.config_overrides = overrides
     try:

@@ -28,6 +28,7 @@ from wristmir_jax.train.metrics_log import MetricsLogger
 from wristmir_jax.train.state import (batch_shardings, build_model, create_train_state,
                                       inference_params)
 from wristmir_jax.train.step import make_eval_step, make_train_step
+from wristmir_jax.train.validate import check_train_config
 from wristmir_jax.utils.fs import atomic_write, read_json_or_none
 from wristmir_jax.utils.log import get_logger
 
@@ -126,6 +127,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     # --- config -----------------------------------------------------------------------------
     workdir = os.path.abspath(workdir)
     cfg = resolve_config(cfg)
+    check_train_config(cfg)  # ranges, choices, loss terms: before anything is built or written
     primary = is_primary()
     if not primary:
         log.setLevel("WARNING")
