@@ -58,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--ks {args.ks!r}: expected comma-separated integers") from None
     if not ks or min(ks) <= 0:
         raise UserError("--ks values must be positive")
+    if args.knn_k is not None and args.knn_k <= 0:
+        raise UserError(f"--knn-k must be a positive integer, got {args.knn_k}")
     out_url = fs.dirname(args.out)
     remote = fs.is_url(out_url)
     if remote:  # matplotlib and the TREC export write local files: write here, then upload

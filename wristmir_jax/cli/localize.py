@@ -317,6 +317,8 @@ def _predict(args) -> int:
         log.info("refining %s with the second stage", ",".join(loc.refiner.cfg.regions))
     rejects = Rejects(args.manifest, strict=args.strict)
     rows = read_manifest(args.manifest, rejects, split=args.split)
+    if args.split is not None and not rows:  # a typo must not write an empty file and exit 0
+        raise UserError(f"no manifest rows in split {args.split!r}", path=args.manifest)
     n_manifest_rejects = len(rejects)
 
     def load(row):

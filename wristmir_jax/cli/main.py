@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "aot": ("wristmir_jax.cli.aot", "compile the train step for a TPU topology: fits in HBM? FLOPs"),
     "bench": ("wristmir_jax.cli.bench", "throughput / memory benchmarks (JSON)"),
     "demo": ("wristmir_jax.cli.demo", "the whole pipeline on synthetic data, ending in report.md"),
+    "doctor": ("wristmir_jax.cli.doctor", "check a dataset, workdir or index (files, ids, checkpoints, digests)"),
 }
 
 
@@ -59,7 +60,11 @@ def main(argv: list[str] | None = None) -> None:
     module = importlib.import_module(COMMANDS[name][0])
     parser = argparse.ArgumentParser(prog=f"wristmir {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
-    rest, overrides = split_overrides(rest)
+    try:
+        rest, overrides = split_overrides(rest)
+    except UserError as e:
+        print(f"wristmir {name}: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
     args = parser.parse_args(rest)
     args.config_overrides = overrides
     try:

@@ -155,7 +155,7 @@ def evaluate_index(index_dir: str, train_index_dir: str | None = None, cfg: Any 
     when out_dir is given. Returns the metrics dict (NaN where undefined, e.g. no positives)."""
     index = load_index(index_dir)
     s = rerank_settings(cfg)
-    knn_k = int(knn_k or _cfg_get(cfg, "knn_k", DEFAULT_KNN_K))
+    knn_k = int(_cfg_get(cfg, "knn_k", DEFAULT_KNN_K) if knn_k is None else knn_k)
     if knn_k <= 0 or min(ks) <= 0:
         raise UserError("k values must be positive")
     q, q_ids, q_records, own = _queries(index, queries)

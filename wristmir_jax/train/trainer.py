@@ -28,6 +28,7 @@ from wristmir_jax.train.mesh import make_mesh
 from wristmir_jax.train.metrics_log import MetricsLogger
 from wristmir_jax.train.setup import build_run, data_sources, resolve_config
 from wristmir_jax.train.state import inference_params
+from wristmir_jax.train.validate import check_train_config
 from wristmir_jax.utils import fs
 from wristmir_jax.utils.fs import atomic_write, read_json_or_none
 from wristmir_jax.utils.log import get_logger
@@ -67,6 +68,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     # --- config -----------------------------------------------------------------------------
     workdir = fs.absolute(workdir)  # a gs:// URL stays a URL
     cfg = resolve_config(cfg)
+    check_train_config(cfg)  # ranges, choices, loss terms: before anything is built or written
     primary = is_primary()
     if not primary:
         log.setLevel("WARNING")
