@@ -1,6 +1,8 @@
 """`wristmir train --config configs/X.py[:arg] --workdir W [--config.a.b=v ...]`.
 
-Trains (or resumes) the global + local contrastive encoders; see wristmir_jax/train/trainer.py.
+Trains (or resumes) the config's task (`cfg.task`, default the global + local contrastive
+encoders) with the one trainer, wristmir_jax/train/trainer.py; evaluators (`cfg.evals`) run in
+the loop and `train.best_metric` picks the checkpoint `embed` uses.
 Multi-process: --coordinator HOST:PORT --num-processes N --process-id I, or the WRISTMIR_* /
 SLURM / TPU environment (train/distributed.py); launch/local_multiprocess.sh runs N on one host.
 """
@@ -24,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     distributed.initialize(distributed.detect(args.coordinator, args.num_processes, args.process_id))
     cfg = load_config(args.config, getattr(args, "config_overrides", ()))
+    # after distributed.initialize: nothing may start the JAX backend before it
     from wristmir_jax.train.trainer import train
 
     summary = train(cfg, args.workdir)

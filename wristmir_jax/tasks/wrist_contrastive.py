@@ -1,7 +1,7 @@
 """The default task: global + per-bone image/report contrastive encoders (models.WristModel,
 losses.objective) on DATA_DIR (or in-memory synthetic data).
 
-Evaluators: `val_loss` (tasks.common) and `knn_probe`, what the demo judges, measured on the
+Evaluators: `val_loss` (train/evaluators.py) and `knn_probe`, what the demo judges, measured on the
 validation split in memory: every validation image is embedded, then (1) kNN fracture diagnosis
 per bone, each validation image querying the others (its own patient excluded) with global-only,
 region-only and two-stage retrieval (the config's `retrieval` settings), F1 per bone and the mean;

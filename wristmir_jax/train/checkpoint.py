@@ -105,9 +105,11 @@ def make_manager(workdir: str, *, save_every: int, keep: int, keep_best: int = 1
         raise UserError(f"config train.best_mode must be 'min' or 'max', got {best_mode!r}")
     policies: list[Any] = [ocm.preservation_policy.LatestN(n=max(int(keep), 1))]
     if keep_best > 0:
-        # reverse=True keeps the lowest values
+        # reverse=True keeps the lowest values; a step saved with other metrics (an older run
+        # chose by another one) ranks last
+        worst = float("inf") if best_mode == "min" else float("-inf")
         policies.append(ocm.preservation_policy.BestN(
-            get_metric_fn=lambda m: float(m[best_metric]), reverse=best_mode == "min",
+            get_metric_fn=lambda m: float(m.get(best_metric, worst)), reverse=best_mode == "min",
             n=int(keep_best), keep_checkpoints_without_metrics=False))
     if read_only:
         options = ocp.CheckpointManagerOptions(read_only=True, create=False,

@@ -57,7 +57,7 @@ def _write_json(path: str, obj: Any) -> None:
 
 
 def _better(value: float, best: dict, metric: str, mode: str) -> bool:
-    if not best or best.get("metric", "val/loss") != metric:
+    if best.get("metric") != metric or "value" not in best:
         return True  # no best yet, or one chosen by another metric (the config changed)
     return value > best["value"] if mode == "max" else value < best["value"]
 
