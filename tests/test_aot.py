@@ -69,6 +69,7 @@ def test_aot_exit_2_when_the_step_does_not_fit(tmp_path):
     (r,) = json.loads((tmp_path / "r.json").read_text())
     assert not r["fits"] and r["per_chip_bytes"] > r["hbm_bytes"]
     assert r["largest_buffers"][0]["bytes"] >= 100_000_000 * 32 * 4 // 2
+    assert "word_embed" in r["largest_buffers"][0]["name"]
     line = [l for l in p.stderr.splitlines() if l.startswith("wristmir aot")]
     assert len(line) == 1 and "does not fit" in line[0] and "v5e:2x2" in line[0]
     assert "DOES NOT FIT" in p.stdout

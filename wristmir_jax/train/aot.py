@@ -155,33 +155,62 @@ def _flops(compiled) -> float:
     return float((cost or {}).get("flops", 0.0))
 
 
+def largest_arguments(tree: Any, top: int = 5) -> list[dict]:
+    """The largest per-device argument buffers (ShapeDtypeStructs with shardings) by key path."""
+    rows = []
+    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        shape = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
+        nbytes = math.prod(shape) * np.dtype(x.dtype).itemsize
+        rows.append({"name": jax.tree_util.keystr(path), "shape": f"{np.dtype(x.dtype).name}"
+                     f"{list(shape)}", "bytes": int(nbytes)})
+    return sorted(rows, key=lambda r: -r["bytes"])[:top]
+
+
+_OOM = re.compile(r"HLO temporaries \(([\d.]+)G\)")
+
+
 def compile_for_topology(cfg: ml_collections.ConfigDict, topology: str, slices: int = 1,
                          flops: bool = True) -> dict:
     """Compiles cfg's train step for `topology` and returns the per-chip report (a dict)."""
     chip, devices, chips = topology_devices(topology, slices)
     cfg = for_compile(cfg)
     mesh = make_mesh(cfg.mesh, devices=devices)
-    state, compiled, compile_s = compile_step(cfg, mesh)
-    mem = compiled.memory_analysis()
+    run = abstract_run(cfg, mesh)
+    batch = abstract_batch(run.cfg, mesh)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(run.state["params"]))
     per_chip_devices = max(1, len(devices) // chips)
-    arg, out = int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes)
-    alias, temp = int(mem.alias_size_in_bytes), int(mem.temp_size_in_bytes)
-    code = int(mem.generated_code_size_in_bytes)
-    per_device = arg + out - alias + temp + code
-    per_chip = per_device * per_chip_devices
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
     report = {
         "topology": topology, "slices": slices, "chip": chip.name, "chips": chips,
         "devices": len(devices), "mesh": {k: int(v) for k, v in mesh.shape.items()},
         "global_batch_size": int(cfg.data.global_batch_size),
         "grad_accum": int(cfg.train.grad_accum), "remat": bool(cfg.model.remat),
         "scan_layers": bool(cfg.model.scan_layers), "dtype": str(cfg.model.dtype),
-        "params": n_params, "train_steps": int(cfg.train.steps),
-        "argument_bytes": arg, "output_bytes": out, "alias_bytes": alias, "temp_bytes": temp,
-        "generated_code_bytes": code, "per_chip_bytes": per_chip,
-        "hbm_bytes": chip.hbm_bytes, "fits": per_chip <= chip.hbm_bytes,
-        "compile_s": round(compile_s, 1),
+        "params": n_params, "train_steps": int(cfg.train.steps), "hbm_bytes": chip.hbm_bytes,
     }
+    t0 = time.perf_counter()
+    try:
+        compiled = run.compile(batch)
+    except jax.errors.JaxRuntimeError as e:
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        # The TPU compiler refuses a program that cannot fit; it reports the temporaries only.
+        msg = str(e).strip().splitlines()[0]
+        m = _OOM.search(msg)
+        args = sum(r["bytes"] for r in largest_arguments((run.state, batch), top=10 ** 9))
+        temp = int(float(m.group(1)) * GIB) if m else 0
+        report.update(argument_bytes=args, output_bytes=0, alias_bytes=0, temp_bytes=temp,
+                      generated_code_bytes=0, per_chip_bytes=(args + temp) * per_chip_devices,
+                      fits=False, compiler_error=msg, compile_s=round(time.perf_counter() - t0, 1),
+                      largest_buffers=largest_arguments((run.state, batch)))
+        return report
+    mem = compiled.memory_analysis()
+    arg, out = int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes)
+    alias, temp = int(mem.alias_size_in_bytes), int(mem.temp_size_in_bytes)
+    code = int(mem.generated_code_size_in_bytes)
+    per_chip = (arg + out - alias + temp + code) * per_chip_devices
+    report.update(argument_bytes=arg, output_bytes=out, alias_bytes=alias, temp_bytes=temp,
+                  generated_code_bytes=code, per_chip_bytes=per_chip,
+                  fits=per_chip <= chip.hbm_bytes, compile_s=round(run.compile_s, 1))
     if not report["fits"]:
         report["largest_buffers"] = [
             {"name": n, "shape": s, "bytes": b} for n, s, b in largest_buffers(compiled.as_text())]
@@ -237,6 +266,8 @@ def format_report(r: dict) -> str:
                      f"{r['unrolled_compile_s']:.1f}s); step {r['step_s_at_peak']:.3f}s at peak, "
                      f"{r['step_s_at_40pct_mfu']:.3f}s at 40% MFU; {r['train_steps']} steps = "
                      f"{r['days_at_peak']:.2f} / {r['days_at_40pct_mfu']:.2f} days")
+    if "compiler_error" in r:
+        lines.append(f"  compiler: {r['compiler_error']}")
     for b in r.get("largest_buffers", []):
         lines.append(f"  largest: {b['name']} {b['shape']} {gib(b['bytes'])}")
     return "\n".join(lines)
