@@ -26,10 +26,8 @@ def test_clip_parity_tiny_same_params_and_flops_as_open_clip():
     data = cp.synthetic_batch(arch, 2)
     model = build(cfg.model, int(cfg.model.text.vocab_size))
     towers = cp.GlobalTowers(model)
-    from wristmir_jax.train.state import dummy_batch
-
     params = towers.prune(jax.eval_shape(model.init_params, jax.random.PRNGKey(0),
-                                         dummy_batch(cfg.model)))
+                                         model.dummy_batch(2)))
     oc = cp.build_open_clip(arch)
     images, tokens = cp.torch_batch(data)
     assert count_params(params) == cp.torch_param_count(oc)
@@ -45,9 +43,7 @@ def test_clip_parity_tiny_same_params_and_flops_as_open_clip():
 
 
 def _real_params(model, cfg, towers):
-    from wristmir_jax.train.state import dummy_batch
-
-    return towers.prune(jax.jit(model.init_params)(jax.random.PRNGKey(0), dummy_batch(cfg.model)))
+    return towers.prune(jax.jit(model.init_params)(jax.random.PRNGKey(0), model.dummy_batch(2)))
 
 
 def test_analytic_flops_close_to_xla_cost_analysis():

@@ -126,7 +126,7 @@ def build_ours(cfg, batch: dict):
     GlobalTowers) on one device: the trainer's step with donation."""
     from wristmir_jax import losses
     from wristmir_jax.train import optim
-    from wristmir_jax.train.state import build_model, dummy_batch, state_from
+    from wristmir_jax.train.state import build_model, state_from
     from wristmir_jax.train.step import make_train_step
 
     # Not train/setup.build_run: that builds the whole WristModel's state; here only the global
@@ -134,7 +134,7 @@ def build_ours(cfg, batch: dict):
     model = build_model(cfg)
     towers = GlobalTowers(model)
     params = towers.prune(jax.jit(model.init_params)(jax.random.PRNGKey(int(cfg.seed)),
-                                                      dummy_batch(cfg.model)))
+                                                      model.dummy_batch(2)))
     tx, sched = optim.make_optimizer(cfg.optim, params, int(cfg.train.steps))
     state = state_from(params, tx.init(params), jax.random.PRNGKey(1))
     objective = losses.objective(cfg.loss)
