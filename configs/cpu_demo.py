@@ -18,6 +18,10 @@ tower did not leave its collapsed start in 300 steps (region embeddings' mean co
 probe AUROC 0.64); with Adam and none of those it spreads and learns the fracture (BUILD_NOTES
 "End to end" has every run).
 
+Evaluators: validation loss and `knn_probe` (kNN fracture F1 and linear-probe AUROC per bone on
+the validation split) every 200 steps; the best checkpoint is the one with the highest two-stage
+probe AUROC.
+
 Variants (comma-separated): `configs/cpu_demo.py:quick` is the demo's --quick run (40 steps of 16);
 `:vit` swaps in the ViT towers of the `cpu_demo_vit` preset (e.g. `:vit,quick`).
 `:words` adds the word-region alignment term (losses/word_region.py, weight 1, with the model's
@@ -57,6 +61,11 @@ def get_config(arg=None):
     c.train.checkpoint_every = 200
     c.train.keep = 2
     c.train.keep_best = 1
+    # The best checkpoint (what the demo embeds) by what the demo judges, not by the loss: the
+    # mean fracture AUROC of a linear probe on two-stage (global + bone) validation embeddings.
+    c.evals.knn_probe = {"type": "knn_probe", "every": 0}
+    c.train.best_metric = "knn_probe/two_stage_mean_auroc"
+    c.train.best_mode = "max"
     variants = set((arg or "").split(",")) - {""}
     unknown = variants - {"quick", "vit", "words"}
     if unknown:

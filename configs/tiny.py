@@ -4,6 +4,8 @@ from wristmir_jax.train.defaults import base_config
 
 
 def get_config(arg=None):
+    if arg:
+        raise ValueError(f"tiny has no variants (got {arg!r})")
     c = base_config("tiny")
     c.data.source = "synthetic"
     c.data.order = "global"

@@ -29,10 +29,9 @@ for ((i = 0; i < N; i++)); do
 done
 status=0
 for pid in "${pids[@]}"; do
-  if ! wait "$pid"; then
-    rc=$?
-    [[ $status -eq 0 ]] && status=$rc
-  fi
+  rc=0
+  wait "$pid" || rc=$?  # (`if ! wait` would leave $? at 0)
+  [[ $rc -ne 0 && $status -eq 0 ]] && status=$rc
 done
 if [[ $status -ne 0 ]]; then
   echo "a process failed (exit $status); logs: $LOG_DIR/process_*.log" >&2

@@ -18,37 +18,48 @@ import pytest  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def untrained_workdir(data_dir: str, work: pathlib.Path) -> pathlib.Path:
+    """`work` holding configs/tiny.py on `data_dir` (resolved config.json) and its untrained
+    state saved as step 1: what `embed` and `search` read from a trained workdir."""
+    from wristmir_jax.config import load_config
+    from wristmir_jax.train import checkpoint as ckpt
+    from wristmir_jax.train.setup import build_run
+
+    cfg = load_config(str(ROOT / "configs" / "tiny.py"))
+    cfg.data.source = "tfds"
+    cfg.data.dir = data_dir
+    run = build_run(cfg)
+    work.mkdir()
+    (work / "config.json").write_text(json.dumps(run.cfg.to_dict()))
+    manager = ckpt.make_manager(str(work), save_every=1, keep=1, keep_best=0, async_save=False)
+    ckpt.save(manager, 1, run.state, None, force=True)
+    manager.wait_until_finished()
+    manager.close()
+    return work
+
+
+@pytest.fixture(scope="session")
+def tiny_workdir():
+    """`untrained_workdir` for tests in other files (a fixture, since tests do not import
+    conftest)."""
+    return untrained_workdir
+
+
 @pytest.fixture(scope="session")
 def tiny_demo_folder(tmp_path_factory):
     """A folder shaped like `wristmir demo`'s output, made in about a minute: a tiny built
     dataset (data/), an untrained tiny checkpoint (workdir/), and index_train/ + index_test/
     written by `wristmir embed`."""
     from wristmir_jax.cli.main import main
-    from wristmir_jax.config import load_config
     from wristmir_jax.data.builder import BuildConfig, build_dataset
     from wristmir_jax.data.synthetic import write_raw_inputs
-    from wristmir_jax.train import checkpoint as ckpt
-    from wristmir_jax.train.mesh import make_mesh
-    from wristmir_jax.train.state import build_model, create_train_state
-    from wristmir_jax.train.trainer import resolve_config
 
     out = tmp_path_factory.mktemp("demo")
     inp = write_raw_inputs(str(out / "in"), n=20, splits=("train", "train", "val", "test"))
     data = str(out / "data")
     build_dataset(inp["paths"]["manifest"], inp["paths"]["mined"], inp["paths"]["boxes"], data,
                   cfg=BuildConfig(image_size=32, crop_size=32, max_len=16))
-    cfg = load_config(str(ROOT / "configs" / "tiny.py"))
-    cfg.data.source = "tfds"
-    cfg.data.dir = data
-    cfg = resolve_config(cfg)
-    work = out / "workdir"
-    work.mkdir()
-    (work / "config.json").write_text(json.dumps(cfg.to_dict()))
-    state, *_ = create_train_state(cfg, build_model(cfg), make_mesh(cfg.mesh))
-    manager = ckpt.make_manager(str(work), save_every=1, keep=1, keep_best=0, async_save=False)
-    ckpt.save(manager, 1, state, None, force=True)
-    manager.wait_until_finished()
-    manager.close()
+    work = untrained_workdir(data, out / "workdir")
     for split in ("train", "test"):
         with pytest.raises(SystemExit) as e:
             main(["embed", "--workdir", str(work), "--data", data, "--split", split,

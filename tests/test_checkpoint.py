@@ -36,21 +36,24 @@ class _Counter:
         self.n = int(s["n"])
 
 
-def test_keep_last_n_plus_best_and_iterator_state(tmp_path):
-    m = ckpt.make_manager(str(tmp_path), save_every=1, keep=2, keep_best=1, async_save=True)
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_keep_last_n_plus_best_and_iterator_state(tmp_path, mode):
+    m = ckpt.make_manager(str(tmp_path), save_every=1, keep=2, keep_best=1, async_save=True,
+                          best_metric="probe/auroc", best_mode=mode)
     it = _Counter()
     vals = {2: 1.0, 4: 0.5, 6: 0.9}
     for step in range(1, 8):
         it.n = 10 * step
         state = {"w": jnp.full((3,), float(step)), "step": jnp.int32(step)}
-        met = {"val_loss": vals[step]} if step in vals else None
+        met = {"probe/auroc": vals[step]} if step in vals else None
         ckpt.save(m, step, state, it, metrics=met, force=met is not None)
     m.wait_until_finished()
-    assert sorted(m.all_steps()) == [4, 6, 7]  # last two + the best validated (4)
+    best = min(vals, key=vals.get) if mode == "min" else max(vals, key=vals.get)
+    assert sorted(m.all_steps()) == sorted([best, 6, 7])  # last two + the best validated
     it2 = _Counter()
     abstract = {"w": jax.ShapeDtypeStruct((3,), jnp.float32), "step": jax.ShapeDtypeStruct((), jnp.int32)}
-    out = ckpt.restore(m, 4, abstract, it2)
-    assert it2.n == 40 and float(out["w"][0]) == 4.0 and int(out["step"]) == 4
+    out = ckpt.restore(m, best, abstract, it2)
+    assert it2.n == 10 * best and float(out["w"][0]) == best and int(out["step"]) == best
     m.close()
 
 

@@ -8,7 +8,7 @@ import pytest
 from wristmir_jax.config import load_config, split_overrides
 from wristmir_jax.errors import UserError
 from wristmir_jax.train.mesh import resolve_axis_sizes
-from wristmir_jax.train.trainer import resolve_config
+from wristmir_jax.train.setup import resolve_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECTIONS = ("seed", "data", "model", "loss", "optim", "train", "mesh", "sharding_rules")

@@ -44,7 +44,9 @@ def dataset(tmp_path):
     for r in ROWS:
         if r[0].startswith("0008"):
             continue
-        Image.fromarray(np.zeros((40, 60), np.uint16)).save(images / f"{r[0]}.png")
+        # a gradient: the import decodes every image and rejects constant ones
+        grad = (np.arange(40 * 60, dtype=np.uint32).reshape(40, 60) * 27).astype(np.uint16)
+        Image.fromarray(grad).save(images / f"{r[0]}.png")
     # fracture + soft tissue boxes, a periosteal reaction, and one malformed line
     (labels / "0001_a_01_WRI-L1_M014.txt").write_text("3 0.5 0.5 0.2 0.1\n7 0.25 0.75 0.1 0.2\nbad line\n")
     (labels / "0006_f_01_WRI-L1_F010.txt").write_text("5 0.5 0.4 0.5 0.5\n")

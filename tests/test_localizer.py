@@ -35,7 +35,8 @@ MIN_MEAN_IOU_NO_LATERALITY = 0.6
 def test_heatmap_target_and_giou_match_numpy():
     import jax.numpy as jnp
 
-    from wristmir_jax.imaging.localizer import giou, heatmap_targets
+    from wristmir_jax.localize.blocks import giou
+    from wristmir_jax.localize.localizer import heatmap_targets
 
     boxes = np.array([[[10.0, 20.0, 30.0, 28.0], [40.0, 4.0, 47.0, 13.0], [0.0, 0.0, 3.0, 3.0]]],
                      np.float32)
@@ -67,7 +68,7 @@ def test_heatmap_target_and_giou_match_numpy():
 def test_decode_reads_the_peak_cell():
     import jax.numpy as jnp
 
-    from wristmir_jax.imaging.localizer import LocalizerConfig, decode
+    from wristmir_jax.localize.localizer import LocalizerConfig, decode
 
     cfg = LocalizerConfig(image_size=64)
     g = cfg.grid
@@ -212,7 +213,7 @@ def test_predict_rejects_bad_images_and_strict(dataset, trained):
 @pytest.mark.slow
 def test_saved_localizer_reloads_identically(dataset, trained):
     from wristmir_jax.imaging.io import load_image
-    from wristmir_jax.imaging.localizer import Localizer, load_localizer, params_sha256
+    from wristmir_jax.localize.localizer import Localizer, load_localizer, params_sha256
 
     loc = Localizer.load(str(trained), batch_size=4)
     assert params_sha256(loc.params) == json.loads((trained / "summary.json").read_text())["params_sha256"]

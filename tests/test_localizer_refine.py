@@ -1,4 +1,4 @@
-"""The second-stage box refiner (imaging/refiner.py, refiner_train.py): shapes and jit, patch
+"""The second-stage box refiner (localize/refiner.py, refiner_train.py): shapes and jit, patch
 geometry (windows cut exactly like the whole image), the fallback to the first-stage box,
 save/load, that it leaves other regions and the scores alone, and that a briefly trained refiner
 improves jittered boxes (measured against leaving them unchanged)."""
@@ -15,7 +15,7 @@ from wristmir_jax.schema import REGIONS
 
 
 def _cfg(**kw):
-    from wristmir_jax.imaging.refiner import RefinerConfig
+    from wristmir_jax.localize.refiner import RefinerConfig
 
     return RefinerConfig(**kw)
 
@@ -23,7 +23,7 @@ def _cfg(**kw):
 def test_shapes_jit_and_untrained_identity():
     import jax
 
-    from wristmir_jax.imaging.refiner import apply, decode_patch, init_params, refine_patches
+    from wristmir_jax.localize.refiner import apply, decode_patch, init_params, refine_patches
 
     cfg = _cfg()
     params = init_params(cfg, 0)
@@ -55,7 +55,7 @@ def test_shapes_jit_and_untrained_identity():
 
 
 def test_config_round_trip_and_checks():
-    from wristmir_jax.imaging.refiner import RefinerConfig
+    from wristmir_jax.localize.refiner import RefinerConfig
 
     cfg = _cfg(regions=("distal_ulna", "ulnar_styloid"), context=2.5, head_stride=2)
     assert RefinerConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
@@ -69,7 +69,7 @@ def test_config_round_trip_and_checks():
 def test_select_boxes_falls_back_to_the_first_stage_box():
     import jax.numpy as jnp
 
-    from wristmir_jax.imaging.refiner import select_boxes, to_patch
+    from wristmir_jax.localize.refiner import select_boxes, to_patch
 
     cfg = _cfg(min_side=2.0, max_size_ratio=2.0)
     stage1 = np.array([[100.0, 100.0, 120.0, 130.0]], np.float32)
@@ -95,8 +95,8 @@ def test_select_boxes_falls_back_to_the_first_stage_box():
 
 def test_windows_cut_patches_exactly_like_the_whole_image():
     from wristmir_jax.imaging.crops import crop_square
-    from wristmir_jax.imaging.refiner import extract_patch, patch_square
-    from wristmir_jax.imaging.refiner_train import (JitterConfig, RefineSet, cut_window,
+    from wristmir_jax.localize.refiner import extract_patch, patch_square
+    from wristmir_jax.localize.refiner_train import (JitterConfig, RefineSet, cut_window,
                                                     jitter_boxes, window_patches)
 
     cfg = _cfg()
@@ -133,10 +133,10 @@ def test_windows_cut_patches_exactly_like_the_whole_image():
 
 
 def test_save_load_round_trip_and_restrict(tmp_path):
-    from wristmir_jax.imaging.refiner import (REFINER_CONFIG_FILE, REFINER_PARAMS_FILE, Refiner,
+    from wristmir_jax.localize.refiner import (REFINER_CONFIG_FILE, REFINER_PARAMS_FILE, Refiner,
                                               init_params, load_refiner, remove_refiner,
                                               save_refiner)
-    from wristmir_jax.imaging.refiner_train import restrict
+    from wristmir_jax.localize.refiner_train import restrict
 
     assert load_refiner(str(tmp_path)) is None  # an old workdir: no refiner, no error
     cfg = _cfg(regions=("distal_ulna", "ulnar_styloid"))
@@ -147,7 +147,7 @@ def test_save_load_round_trip_and_restrict(tmp_path):
     save_refiner(str(tmp_path), cfg, params)
     cfg2, params2 = load_refiner(str(tmp_path))
     assert cfg2 == cfg
-    from wristmir_jax.imaging.localizer import params_sha256
+    from wristmir_jax.localize.localizer import params_sha256
 
     assert params_sha256(params2) == params_sha256(params)
 
@@ -190,8 +190,8 @@ def _reg_bias_key(params):
 def test_localizer_applies_refiner_only_to_its_regions_and_falls_back():
     from flax import traverse_util
 
-    from wristmir_jax.imaging.localizer import Localizer, LocalizerConfig, init_params
-    from wristmir_jax.imaging.refiner import Refiner, init_params as refiner_init
+    from wristmir_jax.localize.localizer import Localizer, LocalizerConfig, init_params
+    from wristmir_jax.localize.refiner import Refiner, init_params as refiner_init
 
     lcfg = LocalizerConfig(image_size=64)
     lparams = init_params(lcfg, 0)
@@ -231,10 +231,10 @@ STEPS = 300
 @pytest.mark.slow  # ~200 images generated, 300 refiner steps: about a minute of CPU
 def test_briefly_trained_refiner_improves_jittered_boxes(tmp_path):
     from wristmir_jax.imaging.boxes import read_boxes, read_manifest
-    from wristmir_jax.imaging.localizer import LocalizerConfig
-    from wristmir_jax.imaging.localizer_train import load_prepared
-    from wristmir_jax.imaging.refiner import Refiner
-    from wristmir_jax.imaging.refiner_train import (JitterConfig, RefineSet, WindowCollector,
+    from wristmir_jax.localize.localizer import LocalizerConfig
+    from wristmir_jax.localize.localizer_train import load_prepared
+    from wristmir_jax.localize.refiner import Refiner
+    from wristmir_jax.localize.refiner_train import (JitterConfig, RefineSet, WindowCollector,
                                                     iou_before_after, jitter_boxes,
                                                     refine_on_windows, train_refiner)
     from wristmir_jax.synth import generate

@@ -11,6 +11,8 @@ from wristmir_jax.reports.rules import correct_token, mine_report, normalize
 from wristmir_jax.schema import REGIONS, empty_global, empty_region, validate_findings
 
 P, U = "present", "uncertain"
+# The AO pediatric classification codes every ulnar styloid fracture as an avulsion (..u-E/7, ..u-M/7).
+AV = "avulsion"
 
 CASES = [
     # --- sections: history / comparison are not current findings -----------------------------
@@ -44,7 +46,7 @@ CASES = [
     ("FINDINGS: Small avulsion fracture at the tip of the ulnar styloid.",
      {"ulnar_styloid": {"fracture": P, "pattern": "avulsion"}}, {}),
     ("FINDINGS: The ulnar styloid is fractured at its base. The distal radius is intact.",
-     {"ulnar_styloid": {"fracture": P}}, {}),
+     {"ulnar_styloid": {"fracture": P, "pattern": AV}}, {}),
     ("FINDINGS: Plastic bowing deformity of the distal ulna. Buckle fracture of the distal radius.",
      {"distal_ulna": {"fracture": P, "pattern": "plastic_bowing"},
       "distal_radius": {"fracture": P, "pattern": "buckle"}}, {}),
@@ -77,19 +79,19 @@ CASES = [
      {"ulnar_styloid": {"fracture": P, "pattern": "avulsion"}}, {}),
     # --- uncertainty -------------------------------------------------------------------------
     ("FINDINGS: Possible nondisplaced fracture of the ulnar styloid. No other fracture.",
-     {"ulnar_styloid": {"fracture": U, "displaced": False}}, {}),
+     {"ulnar_styloid": {"fracture": U, "pattern": AV, "displaced": False}}, {}),
     ("FINDINGS: Questionable subtle buckle of the distal radius.",
      {"distal_radius": {"fracture": U, "pattern": "buckle"}}, {}),
     ("FINDINGS: A nondisplaced fracture of the distal radial metaphysis cannot be excluded. Recommend "
      "follow-up radiographs in 7-10 days.", {"distal_radius": {"fracture": U, "displaced": False}}, {}),
     ("FINDINGS: Linear lucency through the ulnar styloid which may represent a fracture versus an accessory ossicle.",
-     {"ulnar_styloid": {"fracture": U}}, {}),
+     {"ulnar_styloid": {"fracture": U, "pattern": AV}}, {}),
     ("FINDINGS: Cortical irregularity of the distal radius, suspicious for a torus fracture.",
      {"distal_radius": {"fracture": U, "pattern": "buckle"}}, {}),
     ("IMPRESSION: Probable Salter-Harris II fracture of the distal radius.",
      {"distal_radius": {"fracture": U, "pattern": "salter_harris", "salter_harris": 2}}, {}),
     ("FINDINGS: Buckle fracture of the distal radius and possible fracture of the ulnar styloid.",
-     {"distal_radius": {"fracture": P, "pattern": "buckle"}, "ulnar_styloid": {"fracture": U}}, {}),
+     {"distal_radius": {"fracture": P, "pattern": "buckle"}, "ulnar_styloid": {"fracture": U, "pattern": AV}}, {}),
     ("FINDINGS: No fracture is seen in the distal radius, however a buckle of the distal ulna is questionable.",
      {"distal_ulna": {"fracture": U, "pattern": "buckle"}}, {}),
     ("FINDINGS: Buckle fracture of the distal radius? Ulna normal.",
@@ -105,7 +107,7 @@ CASES = [
     ("FINDINGS: There is a Salter-Harris type II fracture of the distal radius. There is associated fracture "
      "of the ulnar styloid. There is 5 mm of dorsal displacement of the distal radial epiphysis.",
      {"distal_radius": {"fracture": P, "pattern": "salter_harris", "salter_harris": 2, "displaced": True},
-      "ulnar_styloid": {"fracture": P}}, {}),
+      "ulnar_styloid": {"fracture": P, "pattern": AV}}, {}),
     ("FINDINGS: Fractures of the distal radius and ulna. The radial fracture is displaced; the ulnar fracture "
      "is nondisplaced.", {"distal_radius": {"fracture": P, "displaced": True},
                           "distal_ulna": {"fracture": P, "displaced": False}}, {}),
@@ -149,6 +151,62 @@ CASES = [
     ("FINDINGS: No fracture. No soft tissue swelling. No cast.", {}, {}),
     ("FINDINGS: Displaced pronator quadratus fat pad without a visible fracture. IMPRESSION: Occult fracture "
      "of the distal radius cannot be excluded.", {"distal_radius": {"fracture": U}}, {"soft_tissue_swelling": True}),
+    # --- issue 22: hedges after / around the finding and over coordinated bones ----------------
+    ("FINDINGS: Cortical irregularity of the distal radius, questionable, possibly representing a torus fracture.",
+     {"distal_radius": {"fracture": U, "pattern": "buckle"}}, {}),
+    ("FINDINGS: Slight buckling of the distal radius, which may represent a buckle fracture.",
+     {"distal_radius": {"fracture": U, "pattern": "buckle"}}, {}),
+    ("FINDINGS: Greenstick fracture of the distal ulna, suspected.", {"distal_ulna": {"fracture": U, "pattern": "greenstick"}}, {}),
+    ("FINDINGS: Questionable buckle of the distal radial and ulnar metaphyses.",
+     {"distal_radius": {"fracture": U, "pattern": "buckle"}, "distal_ulna": {"fracture": U, "pattern": "buckle"}}, {}),
+    ("FINDINGS: Torus fracture of the distal radius, possibly also involving the distal ulna.",
+     {"distal_radius": {"fracture": P, "pattern": "buckle"}, "distal_ulna": {"fracture": U, "pattern": "buckle"}}, {}),
+    ("FINDINGS: This is questionable for a fracture of the distal ulna.", {"distal_ulna": {"fracture": U}}, {}),
+    # --- history, comparison, remote and previously questioned findings ---------------------------
+    ("COMPARISON: Prior study showed a buckle fracture of the distal radius. FINDINGS: No acute fracture.", {}, {}),
+    ("FINDINGS: Remote distal radius fracture has completely healed and remodeled. No acute fracture.", {}, {}),
+    ("FINDINGS: Old healed fracture of the distal ulna. Acute buckle fracture of the distal radius.",
+     {"distal_radius": {"fracture": P, "pattern": "buckle"}}, {}),
+    ("FINDINGS: The previously questioned buckle fracture of the distal radius is not confirmed.", {}, {}),
+    ("FINDINGS: The previously questioned buckle fracture of the distal radius is now confirmed, with callus.",
+     {"distal_radius": {"fracture": P, "pattern": "buckle", "healing": True}}, {}),
+    ("FINDINGS: Healing fracture of the distal radius with early remodeling.",
+     {"distal_radius": {"fracture": P, "healing": True}}, {}),
+    # --- plans are not findings; removed hardware -------------------------------------------------
+    ("FINDINGS: Buckle fracture of the distal radius. IMPRESSION: Recommend splint and fracture clinic.",
+     {"distal_radius": {"fracture": P, "pattern": "buckle"}}, {}),
+    ("FINDINGS: No fracture. Thumb spica cast recommended if snuffbox tenderness persists.", {}, {}),
+    ("FINDINGS: Buckle fracture of the distal radius. Plan: backslab.",
+     {"distal_radius": {"fracture": P, "pattern": "buckle"}}, {}),
+    ("FINDINGS: K-wires have been removed. Pin tracts in the distal radius. Healing fracture with callus.",
+     {"distal_radius": {"fracture": P, "healing": True}}, {}),
+    # --- attribution across bones -----------------------------------------------------------------
+    ("FINDINGS: Buckle fracture of the distal radius. Buckle fracture of the distal ulna. Neither fracture is angulated.",
+     {"distal_radius": {"fracture": P, "pattern": "buckle", "angulated": False},
+      "distal_ulna": {"fracture": P, "pattern": "buckle", "angulated": False}}, {}),
+    ("FINDINGS: Fractures of the distal radius and ulna. Both fractures are nondisplaced.",
+     {"distal_radius": {"fracture": P, "displaced": False}, "distal_ulna": {"fracture": P, "displaced": False}}, {}),
+    ("FINDINGS: Distal radius and ulna fractures, the radius with 4 mm of displacement and the ulna nondisplaced.",
+     {"distal_radius": {"fracture": P, "displaced": True}, "distal_ulna": {"fracture": P, "displaced": False}}, {}),
+    ("FINDINGS: Torus fracture of the distal radius. Ulnar styloid fracture. No displacement.",
+     {"distal_radius": {"fracture": P, "pattern": "buckle", "displaced": False},
+      "ulnar_styloid": {"fracture": P, "pattern": AV, "displaced": False}}, {}),
+    ("FINDINGS: Transverse fracture of the distal radius in anatomic position without displacement and angulated "
+     "10 degrees.", {"distal_radius": {"fracture": P, "pattern": "complete", "displaced": False, "angulated": True}}, {}),
+    ("FINDINGS: Fractures of the distal radius and ulna with dorsal displacement of the radial fragment.",
+     {"distal_radius": {"fracture": P, "displaced": True}, "distal_ulna": {"fracture": P}}, {}),
+    ("FINDINGS: Subtle buckle of the distal radius, which may be a normal variant.",
+     {"distal_radius": {"fracture": U, "pattern": "buckle"}}, {}),
+    # --- laterality from the indication; ulnar styloid = avulsion ----------------------------------
+    ("INDICATION: L wrist pain. FINDINGS: Normal.", {}, {"laterality": "left"}),
+    ("HISTORY: R arm injury. FINDINGS: No fracture.", {}, {"laterality": "right"}),
+    ("INDICATION: Pain after fall, R. FINDINGS: No fracture.", {}, {"laterality": "right"}),
+    ("CLINICAL DETAILS: (L) wrist. REPORT: No bony injury.", {}, {"laterality": "left"}),
+    ("8 year old with a buckle fracture of the distal radius, two weeks old, healing.",
+     {"distal_radius": {"fracture": P, "pattern": "buckle", "healing": True}}, {}),
+    ("FINDINGS: Ulnar styloid base fracture.", {"ulnar_styloid": {"fracture": P, "pattern": AV}}, {}),
+    ("FINDINGS: Fracture of the ulnar styloid, minimally displaced.",
+     {"ulnar_styloid": {"fracture": P, "pattern": AV, "displaced": True}}, {}),
 ]
 
 
@@ -221,3 +279,15 @@ def test_deidentification_rules(text, secret):
 def test_deidentification_keeps_clinical_numbers_and_sections():
     text = "FINDINGS: Buckle 2 cm proximal to the physis, 3 mm, 15 degrees; follow-up in 7-10 days. IMPRESSION: SH II."
     assert deidentify(text) == text
+
+
+@pytest.mark.parametrize("code", ["23u-E/7", "23u-M/7"])
+@pytest.mark.parametrize("phrase", ["FINDINGS: Fracture of the ulnar styloid.", "FINDINGS: Ulnar styloid base fracture.",
+                                   "IMPRESSION: Ulnar styloid fx.", "FINDINGS: The ulnar styloid is fractured."])
+def test_styloid_fractures_mine_as_the_importer_maps_ao_codes(code, phrase):
+    from wristmir_jax.reports.grazpedwri import findings_from_ao
+
+    imported, _, _ = findings_from_ao(code)
+    mined, _ = mine_report(phrase)
+    assert mined == imported
+    assert mined["ulnar_styloid"]["pattern"] == "avulsion"

@@ -14,33 +14,15 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    from wristmir_jax.config import load_config
+def setup(tmp_path_factory, tiny_workdir):
     from wristmir_jax.data.builder import BuildConfig, build_dataset
-    from wristmir_jax.train import checkpoint as ckpt
-    from wristmir_jax.train.mesh import make_mesh
-    from wristmir_jax.train.state import build_model, create_train_state
-    from wristmir_jax.train.trainer import resolve_config
 
     root = tmp_path_factory.mktemp("embed")
     inp = write_inputs(str(root / "in"), n=10)
     data = str(root / "data")
     build_dataset(inp["paths"]["manifest"], inp["paths"]["mined"], inp["paths"]["boxes"], data,
                   cfg=BuildConfig(image_size=32, crop_size=32, max_len=16))
-    cfg = load_config("configs/tiny.py")
-    cfg.data.source = "tfds"
-    cfg.data.dir = data
-    cfg = resolve_config(cfg)
-    work = str(root / "work")
-    os.makedirs(work)
-    with open(os.path.join(work, "config.json"), "w") as f:
-        json.dump(cfg.to_dict(), f)
-    model = build_model(cfg)
-    state, *_ = create_train_state(cfg, model, make_mesh(cfg.mesh))
-    manager = ckpt.make_manager(work, save_every=1, keep=1, keep_best=0, async_save=False)
-    ckpt.save(manager, 1, state, None, force=True)
-    manager.wait_until_finished()
-    manager.close()
+    work = str(tiny_workdir(data, root / "work"))
     return root, inp, data, work
 
 

@@ -168,3 +168,94 @@ def test_ring_of_one_device_and_bf16_embeddings():
     v3, _ = value_and_grad("global_clip", rounded, batch, {})
     assert g2["global_img"].dtype == jnp.bfloat16
     assert_close_rel(v2, v3)
+
+
+def random_records(rng, b):
+    """Integer-encoded records in the schema's value ranges, few distinct values so that many
+    pairs reach the multipos threshold."""
+    from wristmir_jax.schema import (GLOBAL_OFFSET, NUM_REGIONS, PATTERNS, RECORD_LEN,
+                                     REGION_FIELD_LEN)
+
+    rec = np.zeros((b, RECORD_LEN), np.int32)
+    highs = (3, 1 + len(PATTERNS), 6, 3, 3, 2)
+    for r in range(NUM_REGIONS):
+        status = rng.choice(3, size=b, p=[0.6, 0.3, 0.1])
+        for f, hi in enumerate(highs):
+            rec[:, r * REGION_FIELD_LEN + f] = rng.integers(0, hi, b) * (status > 0)
+        rec[:, r * REGION_FIELD_LEN] = status
+    rec[:, GLOBAL_OFFSET] = rng.integers(0, 3, b)
+    rec[:, GLOBAL_OFFSET + 1:] = rng.integers(0, 2, (b, RECORD_LEN - GLOBAL_OFFSET - 1))
+    return rec
+
+
+@pytest.mark.parametrize("view", ["global", "local"])
+@pytest.mark.parametrize("chunk", [3, 256])
+def test_ring_blockwise_relevance_equals_dense(mesh, view, chunk):
+    """Relevance computed per [b, c] chunk from travelling records (chunk 3 -> c = 2, four chunks
+    per visiting block of 8) gives the plain term's value and gradients on the dense relevance."""
+    from wristmir_jax.reports.relevance import relevance
+
+    emb, batch = make_inputs(7)
+    batch["record"] = random_records(np.random.default_rng(7), B)
+    batch["relevance"] = np.asarray(relevance(batch["record"], batch["record"]))
+    near = batch["relevance"] >= 0.7
+    assert 0.05 < near.mean() < 0.95          # the threshold masks some pairs, not all
+    v0, g0 = value_and_grad(f"{view}_multipos", emb, batch, {"threshold": 0.7})
+    ring_batch = shard({k: v for k, v in batch.items() if k != "relevance"}, mesh)
+    v1, g1 = value_and_grad(f"{view}_multipos_ring", shard(emb, mesh), ring_batch,
+                            {"threshold": 0.7, "mesh": mesh, "relevance_fn": relevance,
+                             "chunk": chunk})
+    assert_close_rel(v1, v0, what="value")
+    for k in g0:
+        assert_close_rel(g1[k], g0[k], what=f"d/d{k}")
+    # and the threshold matters: a different threshold gives a different value
+    v2, _ = value_and_grad(f"{view}_multipos_ring", shard(emb, mesh), ring_batch,
+                           {"threshold": 0.99, "mesh": mesh, "relevance_fn": relevance,
+                            "chunk": chunk})
+    assert abs(float(v2) - float(v1)) > 1e-4
+
+
+def test_objective_hands_relevance_to_ring_terms_only(mesh):
+    from wristmir_jax.reports.relevance import relevance
+
+    ring = losses.objective({"terms": {"global_multipos_ring": 1.0, "local_clip_ring": 1.0}},
+                            mesh=mesh)
+    assert ring.reads_dense_relevance                   # no relevance_fn yet: dense fallback
+    bound = ring.with_relevance_fn(relevance)
+    assert not bound.reads_dense_relevance
+    mixed = losses.objective({"terms": {"global_multipos_ring": 1.0, "local_soft": 1.0}},
+                             mesh=mesh, relevance_fn=relevance)
+    assert mixed.reads_dense_relevance                  # local_soft reads batch["relevance"]
+    assert not losses.objective({"terms": {"global_clip": 1.0}}).reads_dense_relevance
+
+
+def test_ring_blockwise_program_holds_no_batch_square(mesh):
+    """B = 256 on 8 devices (b = 32), chunk 8: the compiled gradient holds [.., 32, 8] blocks and
+    no array with two dimensions of 32 or more (relevance included)."""
+    from wristmir_jax.reports.relevance import relevance
+
+    emb, batch = make_inputs(8, b=256)
+    batch["record"] = random_records(np.random.default_rng(8), 256)
+    batch.pop("relevance")
+    fn = losses.get("local_multipos_ring")
+    params = {"mesh": mesh, "relevance_fn": relevance, "chunk": 8}
+    text = jax.jit(jax.grad(lambda e, b: fn(e, b, params)[0])).lower(
+        shard(emb, mesh), shard(batch, mesh)).compile().as_text()
+    shapes = batch_square_shapes(text, 32)
+    assert not shapes, shapes[:5]
+    assert "f32[3,32,8]" in text
+    dense = jax.jit(jax.grad(lambda e, b: fn(e, b, {**params, "chunk": 32})[0])).lower(
+        shard(emb, mesh), shard(batch, mesh)).compile().as_text()
+    assert batch_square_shapes(dense, 32)               # the check above can fail
+
+
+def batch_square_shapes(hlo_text, b):
+    """Array shapes in an HLO text with two or more dimensions >= b."""
+    import re
+
+    out = []
+    for m in re.finditer(r"\b(?:f32|bf16|f16|s32|pred|u32|s8|u8)\[([0-9,]+)\]", hlo_text):
+        dims = [int(d) for d in m.group(1).split(",") if d]
+        if sum(d >= b for d in dims) >= 2:
+            out.append(m.group(0))
+    return out

@@ -42,18 +42,20 @@ def test_search_json_global_matches_numpy(tiny, capsys):
     assert [r["fracture"]["distal_radius"] for r in res["results"]] == lab[want, 0].tolist()
 
 
-def test_search_json_two_stage_region_matches_numpy(tiny, capsys):
+@pytest.mark.parametrize("override,alpha", [([], 0.25),
+                                            (["--config.retrieval.region_alpha=2.0"], 2.0)])
+def test_search_json_two_stage_region_matches_numpy(tiny, capsys, override, alpha):
     path, arr, patients = tiny
     code, out, _ = _run(capsys, ["search", "--index", path, "--id", "img00010", "--region",
-                                 "distal_ulna", "-k", "5", "--json"])
+                                 "distal_ulna", "-k", "5", "--json", *override])
     assert code == 0
     res = json.loads(out)
     # N < coarse_k: every other-patient item is a candidate; score = weighted mean of the
-    # available similarities (region_alpha 0.25 for global, weight 1 for distal_ulna)
+    # available similarities (region_alpha, default 0.25, for global, weight 1 for distal_ulna)
     g = arr.global_img.astype(np.float64) @ arr.global_img[10].astype(np.float64)
     r = arr.region_img[:, 1].astype(np.float64) @ arr.region_img[10, 1].astype(np.float64)
     w = arr.crop_mask[:, 1] * arr.crop_mask[10, 1]
-    score = (0.25 * g + w * r) / (0.25 + w)
+    score = (alpha * g + w * r) / (alpha + w)
     score[patients == patients[10]] = -np.inf
     want = np.argsort(-score, kind="stable")[:5]
     assert [x["id"] for x in res["results"]] == [f"img{j:05d}" for j in want]

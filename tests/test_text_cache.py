@@ -10,9 +10,8 @@ from wristmir_jax.data.tokenizer import load_pretrained, tokenize
 from wristmir_jax.models.hf_import import load_text_tower, packaged_minilm_dir
 from wristmir_jax.models.text_cache import TextFeatureCache, caption_arrays
 from wristmir_jax.train.defaults import base_config
-from wristmir_jax.train.mesh import make_mesh
-from wristmir_jax.train.state import build_model, create_train_state, dummy_batch
-from wristmir_jax.train.trainer import resolve_config
+from wristmir_jax.train.setup import build_run, resolve_config
+from wristmir_jax.tasks.wrist_contrastive import init_batch
 
 CAPTIONS = ["right wrist. distal radius: buckle fracture.", "left wrist. no fracture.",
             "right wrist. distal radius: buckle fracture."]
@@ -38,15 +37,13 @@ def _cfg():
 
 @pytest.fixture(scope="module")
 def setup():
-    cfg = _cfg()
-    model = build_model(cfg)
-    state, *_ = create_train_state(cfg, model, make_mesh(cfg.mesh))
-    return cfg, model, state
+    run = build_run(_cfg())
+    return run.cfg, run.model, run.state
 
 
 def _batch(model, cfg):
     tok = load_pretrained("minilm")
-    b = dummy_batch(cfg.model, batch_size=len(CAPTIONS))
+    b = init_batch(cfg, batch_size=len(CAPTIONS))
     b["global_tokens"], b["global_mask"] = tokenize(tok, CAPTIONS, model.max_text_len)
     ids, mask = tokenize(tok, [t for row in REGION for t in row], model.max_text_len)
     b["region_tokens"] = ids.reshape(len(CAPTIONS), 3, -1)

@@ -6,14 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wristmir_jax import losses
 from wristmir_jax.config import load_config
 from wristmir_jax.data.synthetic import synthetic_batches
 from wristmir_jax.train import optim
 from wristmir_jax.train.inputs import to_global
-from wristmir_jax.train.mesh import make_mesh, replicated
-from wristmir_jax.train.state import batch_shardings, build_model, create_train_state
-from wristmir_jax.train.step import gradcache_value_and_grad, make_train_step
+from wristmir_jax.train.mesh import make_mesh
+from wristmir_jax.train.setup import build_run
+from wristmir_jax.train.step import gradcache_value_and_grad
 
 
 # One block per tower keeps compile times short; the step logic does not depend on depth.
@@ -32,20 +31,15 @@ def _batch(cfg, b=16, seed=3):
 
 
 def _setup(cfg, mesh, grad_accum=1):
-    model = build_model(cfg)
-    objective = losses.objective(cfg.loss, mesh=mesh)
-    state, shardings, tx, sched, trainable, _ = create_train_state(cfg, model, mesh)
-    fn = make_train_step(model, objective, tx, sched, grad_accum=grad_accum, trainable=trainable,
-                         ema_decay=cfg.optim.ema_decay)
-    return model, objective, state, shardings, fn
+    cfg.train.grad_accum = grad_accum
+    return build_run(cfg, mesh)
 
 
 def _run(cfg, mesh, batches, grad_accum=1):
-    _, _, state, shardings, fn = _setup(cfg, mesh, grad_accum)
+    run = _setup(cfg, mesh, grad_accum)
     gb = [to_global(b, mesh) for b in batches]
-    step = jax.jit(fn, in_shardings=(shardings, batch_shardings(gb[0], mesh)),
-                   out_shardings=(shardings, replicated(mesh)), donate_argnums=(0,))
-    metrics = []
+    step = run.compile(gb[0])
+    state, metrics = run.state, []
     for b in gb:
         state, m = step(state, b)
         metrics.append(jax.device_get(m))
@@ -75,7 +69,7 @@ def test_sharded_step_equals_one_device():
     batches = [_batch(cfg, seed=s) for s in (1, 2)]
     one = make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
     s1, m1 = _run(cfg, one, batches)
-    init = jax.device_get(_setup(cfg, one)[2]["params"])
+    init = jax.device_get(_setup(cfg, one).state["params"])
     moved = [float(np.abs(np.asarray(a) - np.asarray(b)).max())
              for a, b in zip(jax.tree.leaves(s1["params"]), jax.tree.leaves(init))]
     assert max(moved) > 1e-4  # the updates really happened
@@ -91,7 +85,7 @@ def test_sharded_step_equals_one_device():
 def test_fsdp_shards_parameters():
     cfg = _cfg()
     mesh = make_mesh(dict(data=4, fsdp=2, tensor=1))
-    _, _, state, shardings, _ = _setup(cfg, mesh)
+    shardings = _setup(cfg, mesh).shardings
     specs = [s.spec for s in jax.tree.leaves(shardings["params"])]
     assert any("fsdp" in str(s) for s in specs)
     # Adam moments follow their parameters' shardings.
@@ -106,10 +100,12 @@ def test_grad_accumulation_is_exact():
     tests/test_train_pod.py."""
     cfg = _cfg("--config.loss.terms.global_clip=1.0", "--config.loss.terms.local_clip=0.5")
     mesh = make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
-    model, objective, state, _, _ = _setup(cfg, mesh)
-    from wristmir_jax.train.step import add_relevance, device_batch
+    run = _setup(cfg, mesh)
+    model, objective, state = run.model, run.objective, run.state
+    from wristmir_jax.tasks.wrist_contrastive import prepare_batch
+    from wristmir_jax.train.step import device_batch
 
-    batch = add_relevance({k: jnp.asarray(v) for k, v in device_batch(_batch(cfg)).items()})
+    batch = prepare_batch({k: jnp.asarray(v) for k, v in device_batch(_batch(cfg)).items()})
     params = state["params"]
     rng = jax.random.PRNGKey(0)
     enc = lambda p, b, r: model.encode(p, b, train=True, rng=r)
@@ -127,7 +123,7 @@ def test_grad_accumulation_is_exact():
         tot = 0.0
         for j in range(4):
             mb = {k: v[j::4] for k, v in batch.items() if k != "relevance"}
-            mb = add_relevance(mb)
+            mb = prepare_batch(mb)
             tot = tot + objective(enc(p, mb, rng), mb)[0] / 4
         return tot
 
@@ -138,7 +134,8 @@ def test_nonfinite_batch_is_skipped_and_counted():
     # no warmup: a skipped step does not advance the schedule, so the next lr is the peak
     cfg = _cfg("--config.optim.warmup_steps=0")
     mesh = make_mesh(dict(data=2, fsdp=1, tensor=1), devices=jax.devices()[:2])
-    _, _, state, shardings, fn = _setup(cfg, mesh, grad_accum=2)  # the GradCache path
+    run = _setup(cfg, mesh, grad_accum=2)  # the GradCache path
+    state, shardings, fn = run.state, run.shardings, run.step_fn
     good = _batch(cfg)
     bad = {**good, "image": np.where(np.arange(16)[:, None, None, None] == 5, np.nan, good["image"])}
     step = jax.jit(fn)
@@ -194,7 +191,8 @@ def test_ema_params_follow_the_documented_average_and_skip_frozen_leaves():
     cfg = _cfg(*base, "--config.optim.ema_decay=0.6")
     one = make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
     batches = [to_global(_batch(cfg, seed=s), one) for s in (1, 2, 3)]
-    _, _, state, shardings, fn = _setup(cfg, one)
+    run = _setup(cfg, one)
+    state, shardings, fn = run.state, run.shardings, run.step_fn
     assert set(shardings) == set(state) and "ema_params" in state
     step = jax.jit(fn, donate_argnums=(0,))
     ema = [np.asarray(x, np.float64) for x in jax.tree.leaves(jax.device_get(state["params"]))]
@@ -212,7 +210,8 @@ def test_ema_params_follow_the_documented_average_and_skip_frozen_leaves():
     moved = [i for i, (_, p) in enumerate(flat_p) if not np.array_equal(p, flat_e[i])]
     assert frozen and not set(frozen) & set(moved) and moved  # the average differs where it trains
     plain_cfg = _cfg(*base)
-    _, _, plain, _, plain_fn = _setup(plain_cfg, one)
+    plain_run = _setup(plain_cfg, one)
+    plain, plain_fn = plain_run.state, plain_run.step_fn
     assert "ema_params" not in plain
     plain_step = jax.jit(plain_fn, donate_argnums=(0,))
     for b in batches:

@@ -29,8 +29,8 @@ def split_overrides(argv: Iterable[str]) -> tuple[list[str], list[str]]:
         a = argv[i]
         if a.startswith(OVERRIDE_PREFIX):
             if "=" not in a:
-                if i + 1 >= len(argv):
-                    raise UserError(f"override {a} has no value")
+                if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                    raise UserError(f"override {a} has no value (expected {a}=VALUE)")
                 a = f"{a}={argv[i + 1]}"
                 i += 1
             overrides.append(a)
@@ -104,7 +104,12 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
         raise UserError(f"config failed to load: {type(e).__name__}: {e}", path=path) from None
     if not hasattr(module, "get_config"):
         raise UserError("config file has no get_config()", path=path)
-    cfg = module.get_config(arg) if arg else module.get_config()
+    try:
+        cfg = module.get_config(arg) if arg else module.get_config()
+    except Exception as e:  # an unknown variant ("cpu_demo.py:quik") or a bug in the file
+        what = f"variant {arg!r}" if arg else "get_config()"
+        raise UserError(f"config {what} failed: {type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}"[:300], path=path) from None
     if not isinstance(cfg, ml_collections.ConfigDict):
         cfg = ml_collections.ConfigDict(cfg)
     return apply_overrides(cfg, overrides)

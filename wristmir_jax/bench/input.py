@@ -79,31 +79,17 @@ def measure_train_step(data_dir: str, steps: int, config: str = DEFAULT_CONFIG) 
     import jax
     import numpy as np
 
-    from wristmir_jax import losses
     from wristmir_jax.config import load_config
     from wristmir_jax.data.pipeline import make_pipeline
-    from wristmir_jax.train.inputs import to_global
-    from wristmir_jax.train.mesh import make_mesh, replicated
-    from wristmir_jax.train.state import batch_shardings, build_model, create_train_state
-    from wristmir_jax.train.step import make_train_step
-    from wristmir_jax.train.trainer import resolve_config
+    from wristmir_jax.train.setup import build_run
 
-    cfg = load_config(config, [f"--config.data.dir={data_dir}", "--config.data.source=tfds"])
-    cfg = resolve_config(cfg)
-    gbs = int(cfg.data.global_batch_size)
-    mesh = make_mesh(cfg.mesh)
-    model = build_model(cfg)
-    objective = losses.objective(cfg.loss, mesh=mesh)
-    state, shardings, tx, sched, trainable, _ = create_train_state(cfg, model, mesh)
+    run = build_run(load_config(config, [f"--config.data.dir={data_dir}",
+                                         "--config.data.source=tfds"]))
+    gbs = int(run.cfg.data.global_batch_size)
+    state, step = run.state, run.train_step
     it = make_pipeline(data_dir, "train", global_batch_size=gbs, seed=1, augment=False,
                        worker_count=0, process_index=0, process_count=1)
-    batch = to_global(next(it), mesh)
-    b_shard = batch_shardings(batch, mesh)
-    step = jax.jit(make_train_step(model, objective, tx, sched,
-                                   grad_accum=int(cfg.train.grad_accum), trainable=trainable,
-                                   ema_decay=float(cfg.optim.ema_decay)),
-                   in_shardings=(shardings, b_shard), out_shardings=(shardings, replicated(mesh)),
-                   donate_argnums=(0,))
+    batch = run.global_batch(next(it))
     t0 = time.perf_counter()
     state, metrics = step(state, batch)  # compile + first step
     jax.block_until_ready(metrics)

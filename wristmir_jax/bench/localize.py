@@ -30,12 +30,12 @@ def _timeit(fn, repeats: int) -> tuple[float, float]:
 def run(quick: bool = False) -> dict:
     import jax
 
-    from wristmir_jax.imaging.localizer import (Localizer, LocalizerConfig, init_params,
+    from wristmir_jax.localize.localizer import (Localizer, LocalizerConfig, init_params,
                                                 predict_prepared)
-    from wristmir_jax.imaging.localizer_train import make_optimizer, make_train_step
-    from wristmir_jax.imaging.refiner import Refiner, RefinerConfig
-    from wristmir_jax.imaging.refiner import init_params as refiner_init
-    from wristmir_jax.imaging.refiner_train import make_train_step as refiner_train_step
+    from wristmir_jax.localize.localizer_train import make_optimizer, make_train_step
+    from wristmir_jax.localize.refiner import Refiner, RefinerConfig
+    from wristmir_jax.localize.refiner import init_params as refiner_init
+    from wristmir_jax.localize.refiner_train import make_train_step as refiner_train_step
 
     size = 256
     batch = 32

@@ -5,6 +5,10 @@ Reports, all measured in this one run: ScaNN recall@10 against exact search; que
 (single-threaded batched and `search_batched_parallel`) and of the jitted exact search, and their
 ratio (target >= 25x); the exact search's FLOP/s against a dense jitted matmul peak; ScaNN build
 time; searcher bytes per vector (target <= 400 with recall@10 >= 0.95, int8 reordering).
+`coarse_union`: one query at a time through retrieval.coarse.CoarseSearcher, the coarse stage of a
+bone-conditioned query before (global searcher only) and now (global + that bone's region
+searcher, a second ScaNN over another mixture of the same size, candidates merged by
+union_candidates), p50 in ms at coarse_k = 200 and k = 10, and their ratio (target p50 <= 5 ms).
 """
 
 from __future__ import annotations
@@ -131,8 +135,36 @@ def run(quick: bool = False) -> dict:
         "bytes_per_vector": round(total_bytes / n, 1),
         "targets": {"recall_at_10>=0.95": rec >= 0.95, "speedup>=25": scann_qps / exact_qps >= 25,
                     "bytes_per_vector<=400": total_bytes / n <= 400},
+        "coarse_union": _coarse_union(db, q, params, n, seed=1),
         "load": _load(),
     }
+
+
+def _coarse_union(db: np.ndarray, q: np.ndarray, params, n: int, seed: int, reps: int = 200) -> dict:
+    from wristmir_jax.retrieval import coarse
+
+    region_db, region_q = make_data(n, q.shape[0], seed=seed)
+    g_searcher, _ = coarse.build_scann(db, params)
+    r_searcher, r_build = coarse.build_scann(region_db, params)
+    cs_g = coarse.CoarseSearcher(db, scann_searcher=g_searcher, params=params)
+    cs_r = coarse.CoarseSearcher(region_db, scann_searcher=r_searcher, params=params)
+    out = {"region_build_s": round(r_build, 2)}
+    for kc in (200, 10):
+        before, after = [], []
+        for i in range(reps + 10):
+            t = time.perf_counter()
+            _, cand = cs_g.search(q[i:i + 1], kc)
+            t1 = time.perf_counter()
+            _, rc = cs_r.search(region_q[i:i + 1], kc)
+            coarse.union_candidates(cand, rc)
+            t2 = time.perf_counter()
+            if i >= 10:  # warm-up
+                before.append(t1 - t)
+                after.append(t2 - t)
+        b, a = 1e3 * float(np.median(before)), 1e3 * float(np.median(after))
+        out[f"k{kc}"] = {"global_only_p50_ms": round(b, 3), "global_plus_region_p50_ms": round(a, 3),
+                         "ratio": round(a / b, 2), "p50<=5ms": a <= 5.0}
+    return out
 
 
 def _load() -> str:

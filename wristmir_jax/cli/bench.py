@@ -1,13 +1,17 @@
-"""`wristmir bench --suite NAME [--out FILE] [--quick]`: one benchmark suite, JSON out.
+"""`wristmir bench --suite NAME [--out FILE] [--quick] [--config FILE[:variant]] [--batch N]
+[--steps N] [--repeats N]`: one benchmark suite, JSON out (and a PNG beside it for the suites
+that plot: train, clip-parity, scaling).
 
-A suite is a module `wristmir_jax.bench.<name>` with `run(quick: bool) -> dict`; targets are
-ratios measured inside one run (see BUILD_NOTES.md), never absolute wall-clock assertions.
+A suite is a module `wristmir_jax.bench.<name>` with `run(quick: bool, **options) -> dict`; the
+options a suite's `run` does not take are refused. Targets are ratios measured inside one run
+(see BUILD_NOTES.md), never absolute wall-clock assertions.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import os
 import platform
@@ -25,19 +29,41 @@ SUITES = {
     "loss-memory": "wristmir_jax.bench.loss_memory",
     "search": "wristmir_jax.bench.search",
     "rerank": "wristmir_jax.bench.rerank",
+    "index-digest": "wristmir_jax.bench.index_digest",
+    "clip-parity": "wristmir_jax.bench.clip_parity",
+    "scaling": "wristmir_jax.bench.scaling",
 }
+# CLI option -> the keyword of the suite's run()
+_OPTIONS = {"config": "config", "batch": "batch", "steps": "steps", "repeats": "repeats"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", required=True, choices=sorted(SUITES))
     p.add_argument("--out", default=None, help="JSON file (default bench_<suite>.json)")
     p.add_argument("--quick", action="store_true", help="smaller sizes, for smoke runs")
+    p.add_argument("--config", default=None,
+                   help="train/scaling: configs/X.py[:variant] (default configs/cpu_demo.py)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="global batch size (clip-parity: one size instead of 32 and 64)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps")
+    p.add_argument("--repeats", type=int, default=None, help="clip-parity: alternating rounds")
 
 
 def run(args: argparse.Namespace) -> int:
     mod = importlib.import_module(SUITES[args.suite])
+    accepted = inspect.signature(mod.run).parameters
+    options = {}
+    for flag, key in _OPTIONS.items():
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        if key not in accepted:
+            raise UserError(f"--{flag}: suite {args.suite} does not take this option")
+        if isinstance(value, int) and value < 1:
+            raise UserError(f"--{flag}: must be >= 1, got {value}")
+        options[key] = value
     t0 = time.time()
-    result = mod.run(quick=args.quick)
+    result = mod.run(quick=args.quick, **options)
     if not isinstance(result, dict):
         raise UserError(f"suite {args.suite} returned no result")
     result = {"suite": args.suite, "quick": bool(args.quick), "host": platform.node(),
@@ -47,4 +73,10 @@ def run(args: argparse.Namespace) -> int:
         json.dump(result, f, indent=2, sort_keys=True, default=float)
     print(json.dumps(result, indent=2, sort_keys=True, default=float))
     print(f"wrote {out}")
+    if hasattr(mod, "plot"):
+        from wristmir_jax.bench.plots import write_png
+
+        png = os.path.splitext(out)[0] + ".png"
+        write_png(mod.plot(result), png)
+        print(f"wrote {png}")
     return 0

@@ -13,8 +13,10 @@ OUT/boxes.jsonl     only with --labels. GRAZPEDWRI-DX has no per-bone boxes (its
                     of the coded regions (periostealreaction).
 A coded fracture is "uncertain" when diagnosis_uncertain is 1 or fracture_visible is 0.
 Bad rows (wrong field count, missing or duplicate filestem, unparseable AO code, missing image,
-bad age) and bad label lines go to OUT/manifest.rejects.jsonl with line numbers; --strict stops
-at the first (exit 2).
+an image that does not decode or is constant or above the pixel limit, age outside 0..120,
+laterality other than L/R, projection other than 1/2/3 or a view name) and bad label lines go to
+OUT/manifest.rejects.jsonl with line numbers; --strict stops at the first (exit 2). Every image is
+decoded once here, so `build` never meets an image the import accepted but cannot read.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import hashlib
 import os
 
 from wristmir_jax.errors import UserError
+from wristmir_jax.imaging.io import ImageError, load_image
 from wristmir_jax.reports.grazpedwri import AOCodeError, findings_from_ao, parse_yolo_line, templated_report
 from wristmir_jax.reports.mining import mined_row
 from wristmir_jax.utils.fs import atomic_output_dir
@@ -36,6 +39,9 @@ REQUIRED = ("filestem", "patient_id", "study_number", "laterality", "projection"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm")
 _VIEWS = {"1": "pa", "2": "lateral", "3": "oblique", "ap": "pa", "pa": "pa", "lat": "lateral",
           "lateral": "lateral", "obl": "oblique", "oblique": "oblique"}
+_SIDES = {"l": "left", "r": "right", "left": "left", "right": "right"}
+_EMPTY = ("", "nan", "none", "na")
+MAX_AGE_YEARS = 120.0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -71,24 +77,13 @@ def _find_image(folder: str, stem: str) -> str | None:
     return None
 
 
-def _image_size(path: str) -> tuple[int, int]:
-    if path.lower().endswith(".dcm"):
-        import pydicom
-
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        return int(ds.Columns), int(ds.Rows)
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.size
-
-
-def _read_labels(labels_dir: str, stem: str, image_path: str, rejects: Rejects) -> tuple[list[dict], int, int]:
-    """YOLO objects of one image in pixels; returns (objects, lines read, lines rejected)."""
+def _read_labels(labels_dir: str, stem: str, size: tuple[int, int], rejects: Rejects) -> tuple[list[dict], int, int]:
+    """YOLO objects of one image (size: width, height) in pixels; returns (objects, lines read,
+    lines rejected)."""
     path = os.path.join(labels_dir, stem + ".txt")
     if not os.path.isfile(path):
         return [], 0, 0
-    width, height = _image_size(image_path)
+    width, height = size
     objects, n, bad = [], 0, 0
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
@@ -163,15 +158,31 @@ def run(args: argparse.Namespace) -> int:
         try:
             cast, metal = _flag(row.get("cast")), _flag(row.get("metal"))
             uncertain, visible = _flag(row.get("diagnosis_uncertain")), _flag(row.get("fracture_visible"))
-            age = float(row["age"]) if row.get("age") not in (None, "", "nan") else None
+            age = float(row["age"]) if (row.get("age") or "").lower() not in _EMPTY else None
         except ValueError as e:
             rejects.add(lineno, f"bad value: {e}", id=stem)
             continue
-        side = {"l": "left", "r": "right", "left": "left", "right": "right"}.get(row["laterality"].lower())
-        view = _VIEWS.get(row["projection"].lower().removesuffix(".0"))
+        if age is not None and not (0.0 <= age <= MAX_AGE_YEARS):
+            rejects.add(lineno, f"age {row['age']!r} outside 0..{MAX_AGE_YEARS:g} years", id=stem)
+            continue
+        lat_text, proj_text = row["laterality"].lower(), row["projection"].lower().removesuffix(".0")
+        side = _SIDES.get(lat_text)
+        if side is None and lat_text not in _EMPTY:
+            rejects.add(lineno, f"laterality {row['laterality']!r} is not L or R", id=stem)
+            continue
+        view = _VIEWS.get(proj_text)
+        if view is None and proj_text not in _EMPTY:
+            rejects.add(lineno, f"projection {row['projection']!r} is not 1 (pa), 2 (lateral) or "
+                                "3 (oblique)", id=stem)
+            continue
+        try:  # decoded once here: corrupt, constant or oversized images are rejected now
+            img = load_image(image)
+        except ImageError as e:
+            rejects.add(lineno, f"image {os.path.basename(image)}: {e.reason}", id=stem)
+            continue
         objects: list[dict] = []
         if args.labels is not None:
-            objects, n, bad = _read_labels(args.labels, stem, image, rejects)
+            objects, n, bad = _read_labels(args.labels, stem, (img.shape[1], img.shape[0]), rejects)
             label_lines, label_bad = label_lines + n, label_bad + bad
         labels = {o["label"] for o in objects}
         try:

@@ -5,7 +5,7 @@
            B: gold.jsonl / boxes.jsonl, a COCO JSON file, or a folder of YOLO txt files.
            Trains on split "train" (all rows when the manifest has no splits), reports val.
            Then trains the second-stage refiner (original-resolution patches around small
-           boxes, `imaging/refiner.py`); a region whose val mean IoU it lowers is dropped.
+           boxes, `localize/refiner.py`); a region whose val mean IoU it lowers is dropped.
   predict  --manifest M --workdir W --out boxes.jsonl [--split S] [--no-refine]
            lines {"id", "boxes": {region: [x0, y0, x1, y1] original px}, "scores": {region: p}};
            the refiner is applied when the workdir has one (scores stay the first stage's).
@@ -96,12 +96,12 @@ def _train(args) -> int:
 
     from wristmir_jax.imaging.boxes import read_boxes, read_manifest
     from wristmir_jax.imaging.crops import fit_prior
-    from wristmir_jax.imaging.localizer import (CONFIG_FILE, LocalizerConfig, Localizer,
+    from wristmir_jax.localize.localizer import (CONFIG_FILE, LocalizerConfig, Localizer,
                                                 params_sha256, save_localizer)
-    from wristmir_jax.imaging.localizer_train import (box_metrics, load_prepared,
+    from wristmir_jax.localize.localizer_train import (box_metrics, load_prepared,
                                                       train_localizer)
-    from wristmir_jax.imaging.refiner import RefinerConfig, remove_refiner
-    from wristmir_jax.imaging.refiner_train import JitterConfig, WindowCollector
+    from wristmir_jax.localize.refiner import RefinerConfig, remove_refiner
+    from wristmir_jax.localize.refiner_train import JitterConfig, WindowCollector
     from wristmir_jax.utils.fs import atomic_write
     from wristmir_jax.utils.jsonl import write_jsonl
     from wristmir_jax.utils.progress import track
@@ -183,7 +183,7 @@ def _train(args) -> int:
 
     val_metrics = pb = ps = None
     if len(val):
-        from wristmir_jax.imaging.localizer import result_record
+        from wristmir_jax.localize.localizer import result_record
 
         loc = Localizer(cfg, params, prior)
         pb, ps = loc.predict_prepared(val.images.astype("float32") / 255.0)
@@ -225,12 +225,12 @@ def _train_refiner(args, rcfg, jitter, steps, train, val, pb, ps, boxes, w):
     import jax
     import numpy as np
 
-    from wristmir_jax.imaging.localizer import params_sha256, result_record
-    from wristmir_jax.imaging.localizer_train import box_metrics
-    from wristmir_jax.imaging.refiner import (REFINER_METRICS_FILE, Refiner,
+    from wristmir_jax.localize.localizer import params_sha256, result_record
+    from wristmir_jax.localize.localizer_train import box_metrics
+    from wristmir_jax.localize.refiner import (REFINER_METRICS_FILE, Refiner,
                                               canonical_to_prepared, prepared_to_canonical,
                                               save_refiner)
-    from wristmir_jax.imaging.refiner_train import (RefineSet, iou_before_after,
+    from wristmir_jax.localize.refiner_train import (RefineSet, iou_before_after,
                                                     refine_on_windows, restrict, train_refiner)
     from wristmir_jax.utils.jsonl import write_jsonl
 
@@ -308,7 +308,7 @@ def _predict(args) -> int:
 
     from wristmir_jax.imaging.boxes import read_manifest
     from wristmir_jax.imaging.io import ImageError, load_image
-    from wristmir_jax.imaging.localizer import Localizer
+    from wristmir_jax.localize.localizer import Localizer
     from wristmir_jax.utils.fs import atomic_write
     from wristmir_jax.utils.progress import track
 
@@ -317,6 +317,8 @@ def _predict(args) -> int:
         log.info("refining %s with the second stage", ",".join(loc.refiner.cfg.regions))
     rejects = Rejects(args.manifest, strict=args.strict)
     rows = read_manifest(args.manifest, rejects, split=args.split)
+    if args.split is not None and not rows:  # a typo must not write an empty file and exit 0
+        raise UserError(f"no manifest rows in split {args.split!r}", path=args.manifest)
     n_manifest_rejects = len(rejects)
 
     def load(row):
@@ -357,7 +359,7 @@ def _predict(args) -> int:
 # ---------------------------------------------------------------------------------------------
 def _eval(args) -> int:
     from wristmir_jax.imaging.boxes import read_boxes, read_manifest
-    from wristmir_jax.imaging.localizer_train import box_metrics
+    from wristmir_jax.localize.localizer_train import box_metrics
     from wristmir_jax.utils.fs import atomic_write
 
     rejects = Rejects(args.manifest, strict=args.strict)

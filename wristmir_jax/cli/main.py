@@ -19,9 +19,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("wristmir_jax.cli.train", "train the global + local contrastive encoders"),
     "embed": ("wristmir_jax.cli.embed", "embed a split into a retrieval index"),
     "search": ("wristmir_jax.cli.search", "query an index (image, text or id), optionally per bone"),
+    "explain": ("wristmir_jax.cli.explain", "a preliminary finding for one bone from the retrieved cases"),
+    "box-classifier": ("wristmir_jax.cli.box_classifier", "train the anatomy classifier of drawn boxes"),
     "evaluate": ("wristmir_jax.cli.evaluate", "retrieval and diagnosis metrics for an index"),
+    "aot": ("wristmir_jax.cli.aot", "compile the train step for a TPU topology: fits in HBM? FLOPs"),
     "bench": ("wristmir_jax.cli.bench", "throughput / memory benchmarks (JSON)"),
     "demo": ("wristmir_jax.cli.demo", "the whole pipeline on synthetic data, ending in report.md"),
+    "doctor": ("wristmir_jax.cli.doctor", "check a dataset, workdir or index (files, ids, checkpoints, digests)"),
 }
 
 
@@ -56,7 +60,11 @@ def main(argv: list[str] | None = None) -> None:
     module = importlib.import_module(COMMANDS[name][0])
     parser = argparse.ArgumentParser(prog=f"wristmir {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
-    rest, overrides = split_overrides(rest)
+    try:
+        rest, overrides = split_overrides(rest)
+    except UserError as e:
+        print(f"wristmir {name}: error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
     args = parser.parse_args(rest)
     args.config_overrides = overrides
     try:

@@ -418,7 +418,7 @@ def build_dataset(manifest: str, mined: str, boxes: str, out_dir: str, *,
                               "id": j.id})
 
     tfds.disable_progress_bar()
-    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_output_dir(out_dir, overwrite=overwrite, last=(META_FILE,)) as tmp:
         tok_dir = os.path.join(tmp, TOKENIZER_SUBDIR)
         if tokenizer_dir:
             tok = load_pretrained(tokenizer_dir)

@@ -5,6 +5,9 @@ It wraps `tfds.builder_from_directory(DATA_DIR).as_data_source(split)` (ArrayRec
 access). Every shard is checked when the source opens (present, readable, holding the number
 of records the dataset info says); a record that fails to read later is reported with its
 shard's file name. Either way the error is a one-line UserError naming the shard.
+
+DATA_DIR may be a URL (gs://...): ArrayRecord and the TFDS builder read only local files, so the
+folder is copied once into a local cache (utils.fs.local_dir) and read from there.
 """
 
 from __future__ import annotations
@@ -17,19 +20,19 @@ from typing import Any
 
 from wristmir_jax.data.features import to_training_example
 from wristmir_jax.errors import UserError
+from wristmir_jax.utils import fs
 
 META_FILE = "wristmir_meta.json"
 
 
 def read_meta(data_dir: str | os.PathLike) -> dict[str, Any]:
     """DATA_DIR/wristmir_meta.json: sizes (image, crop, max_len, vocab, record_len), counts."""
-    path = os.path.join(os.fspath(data_dir), META_FILE)
-    if not os.path.exists(path):
+    path = fs.join(os.fspath(data_dir), META_FILE)
+    if not fs.exists(path):
         raise UserError(f"not a wristmir dataset (no {META_FILE}; build it with `wristmir build`)",
                         path=os.fspath(data_dir))
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(fs.read_text(path))
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read dataset metadata ({e})", path=path) from None
 
@@ -83,9 +86,10 @@ class DatasetSource:
     processes reopen the ArrayRecord files lazily)."""
 
     def __init__(self, data_dir: str | os.PathLike, split: str):
-        self.data_dir = os.path.abspath(os.fspath(data_dir))
+        self.url = fs.absolute(data_dir)
+        self.meta = read_meta(self.url)  # checked before a remote folder is copied
+        self.data_dir = fs.local_dir(self.url)
         self.split = split
-        self.meta = read_meta(self.data_dir)
         builder = open_builder(self.data_dir)
         if split not in builder.info.splits:
             raise UserError(f"no split {split!r} (splits: {', '.join(sorted(builder.info.splits))})",

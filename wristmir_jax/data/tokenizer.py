@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from wristmir_jax.errors import UserError
+from wristmir_jax.utils.pretrained import resolve_folder
 
 TOKENIZER_SUBDIR = "tokenizer"
 SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -25,7 +26,7 @@ def build_wordpiece(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size
     """Trains a lower-cased BERT word-piece vocabulary on `texts`, saves it to `out_dir` as a
     BertTokenizerFast folder and returns the loaded tokenizer."""
     from tokenizers import BertWordPieceTokenizer
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizerFast  # seconds to import: only this path needs it
 
     texts = list(texts)
     if not texts:
@@ -47,9 +48,7 @@ def build_wordpiece(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size
 def load_pretrained(path: str | os.PathLike):
     """A transformers tokenizer from a local folder (never downloads); "minilm" is the
     all-MiniLM-L6-v2 tokenizer of the packaged checkpoint."""
-    from transformers import AutoTokenizer
-
-    from wristmir_jax.models.hf_import import resolve_folder
+    from transformers import AutoTokenizer  # seconds to import: only tokenizer loading needs it
 
     path = resolve_folder(os.fspath(path))
     if not os.path.isdir(path):

@@ -154,6 +154,10 @@ def _inputs_md(out: str, stage_seconds: dict) -> list[str]:
     if train:
         lines.append(f"- Encoders: {train.get('status', '?')} at step {train.get('step', '?')}; params "
                      f"SHA-256 `{str(train.get('params_sha256', ''))[:16]}...`.")
+        best = train.get("best") or {}
+        if best.get("metric"):
+            lines.append(f"- Embedded checkpoint: step {best.get('step')}, the best by "
+                         f"`{best['metric']}` ({_f(best.get('value'), 4)}) on the validation split.")
     if stage_seconds:
         total = sum(stage_seconds.values())
         lines.append(f"- Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in stage_seconds.items())

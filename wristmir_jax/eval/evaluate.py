@@ -1,5 +1,6 @@
 """Evaluation of an index: retrieval metrics per condition (global, each bone) and method
-(global-only, region-only, two-stage), image<->text recall, kNN fracture diagnosis per bone, and
+(global-only, region-only, two-stage, exhaustive rerank), image<->text recall, image->report
+nDCG with graded report relevance, kNN fracture diagnosis per bone, and
 a linear probe on frozen embeddings; TREC export, a markdown table and plots.
 
 Queries: `queries="test"` uses the index's own items as queries (the index must hold that
@@ -31,10 +32,12 @@ from wristmir_jax.retrieval.query import METHODS, QueryEmbeddings, Retriever
 from wristmir_jax.retrieval.rerank import settings as rerank_settings
 from wristmir_jax.retrieval.store import Index, load_index
 from wristmir_jax.schema import REGIONS, SPLITS, fracture_labels
+from wristmir_jax.utils import fs
 from wristmir_jax.utils.fs import atomic_write
 from wristmir_jax.utils.log import get_logger
 
 CONDITIONS = ("global",) + REGIONS
+PROBE_FEATURES = ("global", "region", "two_stage")
 DEFAULT_KNN_K = 10
 _REL_ROW = {"global": 3, **{r: i for i, r in enumerate(REGIONS)}}
 
@@ -58,7 +61,7 @@ def _queries(index: Index, queries: str) -> tuple[QueryEmbeddings, np.ndarray, n
         a = index.arrays
         return (QueryEmbeddings(a.global_img, a.region_img, a.crop_mask, index.patient_codes()),
                 a.ids, np.asarray(a.records), True)
-    if not os.path.isdir(queries):
+    if not fs.isdir(queries):
         raise UserError(f"--queries must be a split ({', '.join(SPLITS)}) or an index folder", path=queries)
     qi = load_index(queries, params_sha256=index.fingerprint["model"].get("params_sha256"),
                     dim=index.dim)
@@ -97,13 +100,14 @@ def _nan_to_none(x):
     return x
 
 
-def _probe(train: Index, test_q: QueryEmbeddings, q_labels: np.ndarray, seed: int = 0) -> dict:
+def linear_probe(ta: Any, test_q: QueryEmbeddings, q_labels: np.ndarray, seed: int = 0) -> dict:
+    """Per method, AUROC/AUPRC per bone of a logistic regression fitted on the training
+    embeddings `ta` (global_img, region_img, crop_mask, records: an IndexArrays or alike)."""
     from sklearn.linear_model import LogisticRegression
 
-    ta = train.arrays
     t_labels = fracture_labels(np.asarray(ta.records))
     out: dict[str, dict] = {}
-    for m in METHODS:
+    for m in PROBE_FEATURES:
         res = {"auroc": {}, "auprc": {}}
         for r_i, r in enumerate(REGIONS):
             def feats(g, reg, mask):
@@ -125,15 +129,33 @@ def _probe(train: Index, test_q: QueryEmbeddings, q_labels: np.ndarray, seed: in
     return out
 
 
+def knn_diagnosis(rankings: dict, q_labels: np.ndarray, db_labels: np.ndarray, knn_k: int) -> dict:
+    """Per method, F1/AUROC/AUPRC per bone of the top-`knn_k` neighbours' vote;
+    rankings[(bone, method)] = (scores, database positions) of that bone's condition."""
+    knn: dict[str, dict] = {}
+    for m in METHODS:
+        res = {"f1": {}, "auroc": {}, "auprc": {}}
+        for r_i, r in enumerate(REGIONS):
+            neigh = rankings[(r, m)][1][:, :knn_k]
+            pred, score = M.knn_vote(neigh, db_labels[:, r_i])
+            res["f1"][r] = M.f1_binary(q_labels[:, r_i], pred)
+            res["auroc"][r] = M.auroc(q_labels[:, r_i], score)
+            res["auprc"][r] = M.auprc(q_labels[:, r_i], score)
+        res["mean_f1"] = float(np.mean(list(res["f1"].values())))
+        knn[m] = res
+    return knn
+
+
 def evaluate_index(index_dir: str, train_index_dir: str | None = None, cfg: Any = None, *,
                    queries: str = "test", out_dir: str | None = None,
                    ks: tuple[int, ...] = M.DEFAULT_KS, knn_k: int | None = None,
-                   export_trec: bool = True) -> dict:
+                   export_trec: bool = True, explain: bool = True, gold: str | None = None,
+                   text_queries: str | None = None, workdir: str | None = None) -> dict:
     """Every metric of the module docstring for INDEX_DIR; writes TREC files into out_dir/trec
     when out_dir is given. Returns the metrics dict (NaN where undefined, e.g. no positives)."""
     index = load_index(index_dir)
     s = rerank_settings(cfg)
-    knn_k = int(knn_k or _cfg_get(cfg, "knn_k", DEFAULT_KNN_K))
+    knn_k = int(_cfg_get(cfg, "knn_k", DEFAULT_KNN_K) if knn_k is None else knn_k)
     if knn_k <= 0 or min(ks) <= 0:
         raise UserError("k values must be positive")
     q, q_ids, q_records, own = _queries(index, queries)
@@ -150,6 +172,7 @@ def evaluate_index(index_dir: str, train_index_dir: str | None = None, cfg: Any 
         rankings[(c, "global")] = glob
         rankings[(c, "region")] = retriever.image_to_image(q, region=region, k=depth, method="region")
         rankings[(c, "two_stage")] = retriever.image_to_image(q, region=region, k=depth, method="two_stage")
+        rankings[(c, "exhaustive")] = retriever.image_to_image(q, region=region, k=depth, method="exhaustive")
 
     qg = q.groups if q.groups is not None else np.full(n_q, -1, np.int32)
     gains = _gains(q_records, np.asarray(index.arrays.records), qg, retriever.codes)
@@ -166,7 +189,7 @@ def evaluate_index(index_dir: str, train_index_dir: str | None = None, cfg: Any 
                                                      q_ids.tolist(), index.arrays.ids, idx, scores, g)
 
     result: dict[str, Any] = {
-        "index": os.path.abspath(index_dir),
+        "index": fs.absolute(index_dir),
         "model_params_sha256": index.fingerprint["model"].get("params_sha256"),
         "count": index.count, "queries": n_q, "dim": index.dim,
         "coarse": retriever.coarse.kind, "ks": list(ks), "knn_k": knn_k,
@@ -175,6 +198,9 @@ def evaluate_index(index_dir: str, train_index_dir: str | None = None, cfg: Any 
                      "region_weights": list(s.region_weights), "coarse_k": s.coarse_k},
         "retrieval": retrieval,
     }
+    # image -> report, graded: the database's reports ranked for each query image (other
+    # patients only), each retrieved report's gain = the relevance of its findings to the query's
+    result["image_to_report_graded"] = image_to_report_graded(retriever, q, gains, ks)
     if own:
         own_pos = np.arange(n_q)
         _, i2t = retriever.image_to_report(q, k=max(ks))
@@ -185,25 +211,115 @@ def evaluate_index(index_dir: str, train_index_dir: str | None = None, cfg: Any 
     q_labels = fracture_labels(q_records)
     db_labels = fracture_labels(np.asarray(index.arrays.records))
     result["positives"] = {r: int(q_labels[:, i].sum()) for i, r in enumerate(REGIONS)}
-    knn: dict[str, dict] = {}
-    for m in METHODS:
-        res = {"f1": {}, "auroc": {}, "auprc": {}}
-        for r_i, r in enumerate(REGIONS):
-            neigh = rankings[(r, m)][1][:, :knn_k]
-            pred, score = M.knn_vote(neigh, db_labels[:, r_i])
-            res["f1"][r] = M.f1_binary(q_labels[:, r_i], pred)
-            res["auroc"][r] = M.auroc(q_labels[:, r_i], score)
-            res["auprc"][r] = M.auprc(q_labels[:, r_i], score)
-        res["mean_f1"] = float(np.mean(list(res["f1"].values())))
-        knn[m] = res
-    result["diagnosis_knn"] = knn
+    result["diagnosis_knn"] = knn_diagnosis(rankings, q_labels, db_labels, knn_k)
+    if explain:
+        result["explanation_accuracy"] = explanation_accuracy(
+            index, retriever, q, q_ids, q_records, knn_k, read_gold_records(gold) if gold else None)
+    if text_queries:
+        from wristmir_jax.retrieval.encode import QueryModel
+        from wristmir_jax.utils.jsonl import read_jsonl_strict
+
+        reports = {row["id"]: row.get("report", "") for row in read_jsonl_strict(text_queries)}
+        result["text_anatomy"] = text_anatomy_ndcg(index, retriever, QueryModel(index, workdir=workdir),
+                                                   reports, q_ids, q_records, qg, gains, 10)
     if train_index_dir:
         train = load_index(train_index_dir, params_sha256=index.fingerprint["model"].get("params_sha256"),
                            dim=index.dim)
-        result["diagnosis_probe"] = _probe(train, q, q_labels)
+        result["diagnosis_probe"] = linear_probe(train.arrays, q, q_labels)
     if trec_files:
         result["trec"] = trec_files
     return _nan_to_none(result)
+
+
+def image_to_report_graded(retriever: Retriever, q: QueryEmbeddings, gains: np.ndarray,
+                           ks: tuple[int, ...]) -> dict[str, dict]:
+    """{condition: mean ranking metrics} of image->report retrieval (same-patient reports
+    excluded) with the graded gains of `gains` (int8[4, Q, N], row 3 global, rows 0-2 bones)."""
+    _, idx = retriever.image_to_report(q, k=max(ks), exclude_same_patient=True)
+    return {c: M.mean_metrics(M.ranking_metrics(idx, gains[_REL_ROW[c]], ks)) for c in CONDITIONS}
+
+
+def explanation_accuracy(index: Index, retriever: Retriever, q: QueryEmbeddings, q_ids, q_records: np.ndarray,
+                         k: int, gold: dict[str, np.ndarray] | None = None) -> dict:
+    """Per bone, the per-field accuracy of the explanation (retrieval/explain.py) built from each
+    query's two-stage top-k for that bone, against the query's mined findings and, when `gold`
+    ({id: record}) is given, against its gold findings (queries without gold are skipped)."""
+    from wristmir_jax.retrieval.explain import explain_neighbours, field_accuracy
+
+    a = index.arrays
+    out: dict[str, dict] = {}
+    for r in REGIONS:
+        scores, idx = retriever.image_to_image(q, region=r, k=k, method="two_stage")
+        preds = []
+        for s_row, i_row in zip(scores, idx):
+            keep = i_row >= 0
+            preds.append(explain_neighbours(a.records[i_row[keep]], a.ids[i_row[keep]].tolist(),
+                                            s_row[keep].tolist(), r).predicted())
+        res = {"vs_mined": field_accuracy(preds, q_records, r)}
+        if gold:
+            have = [j for j, i in enumerate(np.asarray(q_ids).tolist()) if i in gold]
+            if have:
+                res["vs_gold"] = field_accuracy([preds[j] for j in have],
+                                                np.stack([gold[q_ids[j]] for j in have]), r)
+                res["gold_queries"] = len(have)
+        out[r] = res
+    return out
+
+
+def read_gold_records(path: str) -> dict[str, np.ndarray]:
+    """gold.jsonl (id, regions, global) -> {id: schema record}."""
+    from wristmir_jax.schema import encode_record
+    from wristmir_jax.utils.jsonl import read_jsonl_strict
+
+    return {row["id"]: encode_record(row["regions"], row["global"]) for row in read_jsonl_strict(path)}
+
+
+def text_anatomy_ndcg(index: Index, retriever: Retriever, qm, reports: dict[str, str], q_ids, q_records,
+                      q_groups, gains: np.ndarray, k: int = 10) -> dict:
+    """Text queries made from reports ({id: report text}, the sentences of the findings and
+    impression that name a bone): per bone r, over the queries whose text names r, nDCG@k with
+    bone r's gains of global text->image retrieval (unconditioned) and of the search conditioned
+    on the bones the text names (reports.anatomy; text_to_image_conditioned). Same-patient items
+    carry no gain (the query's own image is not a hit)."""
+    from wristmir_jax.reports.anatomy import bones_in_text
+    from wristmir_jax.reports.rules import split_sections
+
+    rows = []
+    for j, qid in enumerate(np.asarray(q_ids).tolist()):
+        text = reports.get(qid)
+        if not text:
+            continue
+        body = " ".join(t for kind, t in split_sections(text) if kind in ("findings", "impression", "preamble"))
+        sentences = [x.strip() for x in body.replace("\n", ". ").split(".") if x.strip()]
+        named = [x for x in sentences if bones_in_text(x)]
+        if not named:
+            continue
+        query = ". ".join(named[:3])
+        rows.append((j, query, bones_in_text(query)))
+    out: dict[str, dict] = {}
+    if not rows:
+        return out
+    dim = index.dim
+    g = np.stack([qm.encode_text(t) for _, t, _ in rows])
+    reg = np.zeros((len(rows), len(REGIONS), dim), np.float32)
+    for n, (_, t, bones) in enumerate(rows):
+        for b in bones:
+            reg[n, REGIONS.index(b)] = qm.encode_text(t, b)
+    pos = np.array([j for j, _, _ in rows])
+    _, uncond = retriever.coarse.search(g, k)
+    cond = np.zeros((len(rows), k), np.int32)
+    for bones in sorted({b for _, _, b in rows}):
+        sel = np.array([n for n, (_, _, b) in enumerate(rows) if b == bones])
+        _, cond[sel] = retriever.text_to_image_conditioned(g[sel], reg[sel], bones, k=k)
+    for r_i, r in enumerate(REGIONS):
+        sel = np.array([n for n, (_, _, b) in enumerate(rows) if r in b])
+        if sel.size == 0:
+            continue
+        gr = gains[r_i][pos[sel]]
+        out[r] = {"queries": int(sel.size),
+                  "unconditioned": M.mean_metrics(M.ranking_metrics(uncond[sel], gr, (k,))).get(f"ndcg@{k}"),
+                  "conditioned": M.mean_metrics(M.ranking_metrics(cond[sel], gr, (k,))).get(f"ndcg@{k}")}
+    return out
 
 
 # --- outputs --------------------------------------------------------------------------------
@@ -233,6 +349,11 @@ def markdown_table(result: dict) -> str:
                   "| direction | " + " | ".join(f"R@{k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
         for name in ("image_to_text", "text_to_image"):
             lines.append(f"| {name} | " + " | ".join(_fmt(result[name].get(f'recall@{k}')) for k in ks) + " |")
+    if "image_to_report_graded" in result:
+        lines += ["", "## Image -> report, graded relevance of the retrieved reports (other patients)", "",
+                  "| condition | " + " | ".join(f"nDCG@{k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+        for c, v in result["image_to_report_graded"].items():
+            lines.append(f"| {c} | " + " | ".join(_fmt(v.get(f'ndcg@{k}')) for k in ks) + " |")
     lines += ["", "## Fracture diagnosis per bone", "",
               "| method | " + " | ".join(f"F1 {r}" for r in REGIONS) + " | mean F1 | "
               + " | ".join(f"AUROC {r}" for r in REGIONS) + " |", "|---|" + "---|" * (2 * len(REGIONS) + 1)]
@@ -242,6 +363,20 @@ def markdown_table(result: dict) -> str:
     for m, v in result.get("diagnosis_probe", {}).items():
         lines.append(f"| probe {m} | " + " | ".join("-" for _ in REGIONS) + " | - | "
                      + " | ".join(_fmt(v['auroc'][r]) for r in REGIONS) + " |")
+    if "explanation_accuracy" in result:
+        from wristmir_jax.retrieval.explain import REGION_FIELDS
+
+        lines += ["", f"## Explanations: per-field accuracy of the preliminary finding (two-stage top {result['knn_k']})", "",
+                  "| bone | against | " + " | ".join(REGION_FIELDS) + " |", "|---|---|" + "---|" * len(REGION_FIELDS)]
+        for r, v in result["explanation_accuracy"].items():
+            for ref in ("vs_mined", "vs_gold"):
+                if ref in v:
+                    lines.append(f"| {r} | {ref[3:]} | " + " | ".join(_fmt(v[ref].get(f)) for f in REGION_FIELDS) + " |")
+    if result.get("text_anatomy"):
+        lines += ["", "## Text queries from reports: conditioned on the bones they name vs not (nDCG@10)", "",
+                  "| bone | queries | unconditioned | conditioned |", "|---|---|---|---|"]
+        for r, v in result["text_anatomy"].items():
+            lines.append(f"| {r} | {v['queries']} | {_fmt(v['unconditioned'])} | {_fmt(v['conditioned'])} |")
     lines += ["", "Positives among the queries: " + ", ".join(f"{r} {n}" for r, n in result["positives"].items()), ""]
     return "\n".join(lines)
 

@@ -157,13 +157,22 @@ def _add(out: dict, rid: str, region: str, box: list[float], rejects: Rejects, l
 
 def _read_jsonl(path, by_id, size_of, rejects) -> dict:
     out: dict[str, dict[str, list[float]]] = {}
+    first_line: dict[str, int] = {}
+    first_seen: dict[str, object] = {}
     for lineno, obj in iter_jsonl(path):
         if isinstance(obj, BadLine):
             rejects.add(lineno, obj.reason)
             continue
         rid = obj.get("id")
-        if rid not in by_id:
+        if not isinstance(rid, str) or rid not in by_id:
             continue
+        if rid in first_line:  # counted, never a silent overwrite: the first line is kept
+            same = obj.get("boxes") == first_seen[rid]
+            rejects.add(lineno, f"duplicate id ({'same' if same else 'conflicting'} boxes; line "
+                                f"{first_line[rid]} is kept)", id=rid)
+            continue
+        first_line[rid] = lineno
+        first_seen[rid] = obj.get("boxes")
         boxes = obj.get("boxes")
         if not isinstance(boxes, dict):
             rejects.add(lineno, "missing 'boxes' object", id=rid)

@@ -14,6 +14,11 @@ image is accepted only when it is a grey image saved as RGB (channels equal with
 tolerates JPEG chroma rounding); a real colour image is rejected, since a photo or an annotated
 screenshot is not a radiograph. Every failure raises ImageError naming the file and the reason;
 the returned array never contains NaN and is never constant.
+
+Sizes are checked from the header before any pixel is decoded: a side above the pixel limit
+(default 8192; environment WRISTMIR_MAX_IMAGE_SIDE) is refused, so a 28 KB 1-bit PNG declaring
+13000 x 13000 pixels never allocates gigabytes. The largest radiography detectors are about
+4300 px a side (43 cm at 100 um), so the limit leaves room for any real radiograph.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ GREY_RGB_TOLERANCE = 2.0 / 255.0
 # An image whose value range is below this (after mapping to [0, 1]) is treated as constant.
 CONSTANT_EPS = 1e-6
 PERCENTILE_WINDOW = (0.5, 99.5)
+DEFAULT_MAX_SIDE = 8192
+MAX_SIDE_ENV = "WRISTMIR_MAX_IMAGE_SIDE"
 
 
 class ImageError(UserError):
@@ -40,9 +47,33 @@ def _is_dicom_bytes(head: bytes) -> bool:
     return len(head) >= 132 and head[128:132] == b"DICM"
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Reads a radiograph (PNG, JPEG or DICOM) as float32 [H, W] in [0, 1], bone bright."""
+def max_image_side() -> int:
+    """The pixel limit per side: WRISTMIR_MAX_IMAGE_SIDE when set (a positive integer), else 8192."""
+    v = os.environ.get(MAX_SIDE_ENV, "").strip()
+    if not v:
+        return DEFAULT_MAX_SIDE
+    try:
+        n = int(v)
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise UserError(f"{MAX_SIDE_ENV}={v!r}: expected a positive integer")
+    return n
+
+
+def check_dimensions(width: int, height: int, path: str, max_side: int | None = None) -> None:
+    """ImageError when a header declares a side above the limit (before decoding)."""
+    limit = max_image_side() if max_side is None else int(max_side)
+    if int(width) > limit or int(height) > limit:
+        raise ImageError(f"image is {int(width)}x{int(height)} px, above the pixel limit of "
+                         f"{limit} a side ({MAX_SIDE_ENV}); not decoded", path=path)
+
+
+def load_image(path: str | os.PathLike, max_side: int | None = None) -> np.ndarray:
+    """Reads a radiograph (PNG, JPEG or DICOM) as float32 [H, W] in [0, 1], bone bright.
+    max_side: the pixel limit per side (default max_image_side()), checked before decoding."""
     path = os.fspath(path)
+    max_side = max_image_side() if max_side is None else int(max_side)
     if not os.path.exists(path):
         raise ImageError("file not found", path=path)
     if os.path.isdir(path):
@@ -53,9 +84,9 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     with open(path, "rb") as f:
         head = f.read(132)
     if _is_dicom_bytes(head) or path.lower().endswith((".dcm", ".dicom")):
-        img = _load_dicom(path)
+        img = _load_dicom(path, max_side)
     else:
-        img = _load_raster(path)
+        img = _load_raster(path, max_side)
     return _finish(img, path)
 
 
@@ -75,11 +106,12 @@ def _finish(img: np.ndarray, path: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # PNG / JPEG
 # ---------------------------------------------------------------------------------------------
-def _load_raster(path: str) -> np.ndarray:
+def _load_raster(path: str, max_side: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
+            check_dimensions(im.size[0], im.size[1], path, max_side)
             im.load()
             mode = im.mode
             if mode == "P":
@@ -126,7 +158,7 @@ def _grey_from_channels(arr: np.ndarray, mode: str, path: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # DICOM
 # ---------------------------------------------------------------------------------------------
-def _load_dicom(path: str) -> np.ndarray:
+def _load_dicom(path: str, max_side: int) -> np.ndarray:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -150,6 +182,11 @@ def _load_dicom(path: str) -> np.ndarray:
         raise ImageError(f"DICOM has {int(ds.SamplesPerPixel)} samples per pixel; expected 1",
                          path=path)
 
+    try:
+        rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    except (TypeError, ValueError):
+        raise ImageError("DICOM Rows/Columns are not integers", path=path) from None
+    check_dimensions(cols, rows, path, max_side)
     tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:
         with warnings.catch_warnings():

@@ -1,5 +1,10 @@
-"""FLOPs per example from XLA's cost analysis of the compiled encode (and of a training-style
-forward+backward), for MFU figures in the performance benchmark.
+"""FLOPs per example, two ways, for MFU figures in the performance benchmarks:
+
+- analytic: 2 x multiply-adds of every matmul and convolution of each tower, from its spec
+  (`tower_forward_flops`, `model_forward_flops`, `clip_forward_flops`); elementwise work
+  (LayerNorm, GELU, softmax) is not counted, as in MFU conventions and PyTorch's FlopCounterMode;
+- XLA's cost analysis of the compiled encode (and of a training-style forward+backward), which
+  also counts elementwise operations.
 
 Counts are "model FLOPs": taken from the equivalent model without scan and without remat (XLA's
 cost analysis counts a scanned while-loop body once, and remat recomputation is not useful
@@ -16,6 +21,110 @@ import jax.numpy as jnp
 
 from wristmir_jax.models.model import WristModel
 from wristmir_jax.models.params import count_params
+
+
+def transformer_flops(tokens: int, width: int, depth: int, mlp_dim: int) -> float:
+    """Forward matmul FLOPs of `depth` pre/post-LN blocks over `tokens` tokens (one example):
+    q, k, v and output projections, the two attention products, the two MLP layers."""
+    per_block = 2 * (4 * tokens * width * width + 2 * tokens * tokens * width
+                     + 2 * tokens * width * mlp_dim)
+    return float(depth * per_block)
+
+
+def vit_flops(spec, embed_dim: int = 0) -> dict:
+    """{"patch_embed", "blocks", "head", "total"} for a ViTSpec (one image); "head" is the MAP
+    head when pool == "map", "proj" the projection to `embed_dim`."""
+    n = spec.grid * spec.grid
+    out = {"patch_embed": 2.0 * n * spec.patch * spec.patch * spec.channels * spec.width,
+           "blocks": transformer_flops(n + 1, spec.width, spec.depth, spec.mlp_dim), "head": 0.0,
+           "proj": 2.0 * spec.width * embed_dim}
+    if spec.pool == "map":  # one query: q proj, k/v projections of all tokens, products, MLP
+        w, t = spec.width, n + 1
+        out["head"] = 2.0 * (w * w + 2 * t * w * w + 2 * t * w + w * w + 2 * w * spec.mlp_dim)
+    out["total"] = sum(out.values())
+    return out
+
+
+def text_flops(spec, length: int | None = None, embed_dim: int = 0) -> dict:
+    """{"blocks", "proj", "total"} for a TextSpec (one caption of `length` tokens)."""
+    t = int(length or spec.max_len)
+    out = {"blocks": transformer_flops(t, spec.width, spec.depth, spec.mlp_dim),
+           "proj": 2.0 * spec.width * embed_dim}
+    out["total"] = sum(out.values())
+    return out
+
+
+def _conv_out(size: int, stride: int) -> int:
+    return -(-size // stride)  # SAME padding
+
+
+def resnet_flops(spec, image_size: int, embed_dim: int = 0) -> dict:
+    """{"convs", "proj", "total"} for a ResNetSpec (models/resnet.py: stem, basic blocks with a
+    1x1 projection shortcut where the shape changes) on one square image. Every output position
+    counts the full kernel (XLA's cost analysis skips taps on the SAME padding: ~1-2% less)."""
+    s, c, f = image_size, spec.channels, 0.0
+    if spec.stem_stride == 1:
+        k, stride = 3, 1
+    else:
+        k, stride = 7, 2
+    s = _conv_out(s, stride)
+    f += 2.0 * s * s * k * k * c * spec.widths[0]
+    c = spec.widths[0]
+    if spec.stem_stride == 4:
+        s = _conv_out(s, 2)
+    for i, (n, w) in enumerate(zip(spec.stages, spec.widths)):
+        for j in range(n):
+            stride = 2 if (i > 0 and j == 0) else 1
+            so = _conv_out(s, stride)
+            f += 2.0 * so * so * 9 * c * w + 2.0 * so * so * 9 * w * w
+            if c != w or stride != 1:
+                f += 2.0 * so * so * c * w
+            s, c = so, w
+    out = {"convs": f, "proj": 2.0 * spec.widths[-1] * embed_dim}
+    out["total"] = sum(out.values())
+    return out
+
+
+def tower_forward_flops(spec, image_size: int = 0, embed_dim: int = 0) -> dict:
+    """Analytic forward FLOPs of one image tower (ViTSpec or ResNetSpec) on one input."""
+    if hasattr(spec, "patch"):
+        return vit_flops(spec, embed_dim)
+    return resnet_flops(spec, image_size, embed_dim)
+
+
+def model_forward_flops(model: WristModel, text_len: int | None = None,
+                        text_cached: bool = False) -> dict:
+    """Analytic forward FLOPs per example of the whole WristModel, per tower: the global image,
+    the three crops, the global caption and the three region captions (0 when `text_cached`:
+    a frozen tower's features come precomputed, only the projections run)."""
+    s, e = model.spec, model.spec.embed_dim
+    img = tower_forward_flops(s.global_image, model.image_size, e)["total"]
+    crop = tower_forward_flops(s.local_image, model.crop_size, e)["total"]
+    if text_cached:
+        txt = 2.0 * s.text.width * e
+    else:
+        txt = text_flops(s.text, text_len, e)["total"]
+    out = {"image": img, "crops": 3 * crop, "global_text": txt, "region_text": 3 * txt}
+    out["total"] = sum(out.values())
+    return out
+
+
+def clip_forward_flops(arch: dict) -> dict:
+    """Analytic forward FLOPs per example of a CLIP with one image and one text tower, from the
+    plain sizes of bench/clip_parity.arch_of (so it serves both sides of the comparison)."""
+    n = (arch["image_size"] // arch["patch"]) ** 2
+    w, e = arch["width"], arch["embed_dim"]
+    mlp = int(round(w * arch["mlp_ratio"]))
+    image = (2.0 * n * arch["patch"] ** 2 * arch["channels"] * w
+             + transformer_flops(n + 1, w, arch["depth"], mlp) + 2.0 * w * e)
+    text = (transformer_flops(arch["context"], arch["text_width"], arch["text_depth"],
+                              arch["text_mlp"]) + 2.0 * arch["text_width"] * e)
+    return {"image": image, "text": text, "total": image + text}
+
+
+def xla_flops(fn, *abstract_args) -> float:
+    """XLA's cost-analysis FLOPs of `fn` compiled for these abstract arguments."""
+    return _cost(fn, *abstract_args)["flops"]
 
 
 def _abstract(tree: Any) -> Any:

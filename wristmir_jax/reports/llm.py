@@ -107,7 +107,9 @@ class LLMMiner:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
             # dtype "auto": keep the checkpoint's dtype (a bf16 7B model stays 14 GB, not 28).
-            self.model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype="auto")
+            # use_safetensors: a pytorch_model.bin (pickle) is refused, never torch.load-ed.
+            self.model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True,
+                                                              dtype="auto", use_safetensors=True)
         except (OSError, ValueError) as e:
             raise UserError(f"cannot load a causal LM from this folder ({type(e).__name__})", path=model_dir) from None
         self.model.to(device)

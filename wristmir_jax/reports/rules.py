@@ -7,8 +7,11 @@ returns findings in the schema of `wristmir_jax.schema`. The steps:
    without, "DRF" -> distal radius fracture), correct typos of key terms within one edit
    (Damerau; "fracure", "buckel", "styliod"), via a deletion index built once at import.
 2. Sections: INDICATION / HISTORY / REASON / COMPARISON statements are not current findings and
-   are skipped; TECHNIQUE / EXAM lines count for laterality and cast only; FINDINGS, IMPRESSION
-   (and text before any heading) are mined.
+   are skipped; so are PLAN / RECOMMENDATION sections and any sentence that recommends or plans
+   ("recommend splint", "thumb spica cast recommended", "will be placed in a cast"): a recommended
+   cast is not a cast in place. A TECHNIQUE / EXAM line counts for laterality and cast only (lines
+   after it without a heading are findings); FINDINGS, IMPRESSION and text before any heading are
+   mined.
 3. Each sentence becomes a token stream from one precompiled alternation: concepts (fracture
    words, patterns, displacement, angulation, healing, locations, cast, hardware, swelling),
    negation and uncertainty triggers (pre- and post-), clause terminators, prepositions,
@@ -18,7 +21,15 @@ returns findings in the schema of `wristmir_jax.schema`. The steps:
    "negative for") covers the first finding after it and further findings joined to it by
    "or"/"and"/","; a post-negation ("is not seen", "excluded") covers the finding before it;
    uncertainty ("possible", "questionable", "may represent", "cannot exclude", "suspicious for",
-   "probable") covers the rest of the clause (pre) or the finding before it (post).
+   "probable") covers the findings it modifies on either side within its clause: the rest of the
+   clause (pre), the finding before it (post), backwards when it closes the clause ("..., suspected"),
+   forwards when nothing precedes it ("This is questionable for a fracture"), and the antecedent of a
+   "which" clause. A hedged reading of a sign in the same sentence hedges the sign too ("buckling of
+   the distal radial and ulnar metaphyses, possibly representing buckle fractures": both bones
+   uncertain), and "possibly also involving the distal ulna" adds a hedged finding there.
+   Temporal scope: "old", "remote", "healed and remodelled", "completely healed" mark a finding of a
+   past injury (not present, not healing); a hedged finding "previously questioned" is dropped unless
+   this study confirms it ("now confirmed", callus).
 5. A mention is attached to a location: the one after it through a preposition ("fracture of the
    distal radius"), else the one just before it ("distal radius buckle fracture"), else the nearest
    in the sentence, else the location of the previous finding (discourse: "The fracture is
@@ -26,9 +37,18 @@ returns findings in the schema of `wristmir_jax.schema`. The steps:
    diaphysis, carpal bones, metacarpals and other bones are "elsewhere": they set other_fracture
    and never leak into the three regions.
 6. Displacement, angulation and healing words attach to the nearest finding in their clause
-   (their own negation flips them: "without displacement or angulation").
+   (their own negation flips them: "without displacement or angulation"); a bone named again next
+   to the word restricts it to that bone ("the radius with 4 mm of displacement and the ulna
+   nondisplaced"); "Neither fracture is angulated" / "Both are displaced" and a bare "No
+   displacement." apply to every finding of the section.
 7. Per region: present beats uncertain beats absent, so a global negation ("no acute fracture")
-   only affects regions not positively described.
+   only affects regions not positively described. Every ulnar styloid fracture has pattern
+   "avulsion" (AO pediatric ..u-E/7, ..u-M/7, as the GRAZPEDWRI-DX importer maps it). Hardware
+   that was removed ("K-wires removed", "pin tracts") is no hardware now; a removed cast is no cast.
+   Laterality: technique line, then findings, then the indication (also "L wrist", "R arm", "(L)",
+   "Pain, R."), then the comparison.
+8. `mine_report(text, trace)` fills `trace` with the sentence index and lexicon words behind each
+   field (`wristmir mine --explain ID`).
 """
 
 from __future__ import annotations
@@ -62,11 +82,23 @@ _ABBREVIATION_LIST: tuple[tuple[str, str], ...] = (
         (r"\bk-wire", "kirschner wire"),
         (r"\blt\.?(?=\s)", "left"),
         (r"\brt\.?(?=\s)", "right"),
+        (r"\bnon-?disp\b\.?", "nondisplaced"),
+        (r"\bdispl?\b\.?", "displacement"),
+        (r"\bdisloc\b\.?", "dislocation"),
+        (r"\bang\b\.?", "angulation"),
+        (r"\bdeg\b\.?", "degrees"),
+        (r"\binj\b\.?", "injury"),
+        (r"\bposs\b\.?", "possible"),
+        (r"\brec\b\.?", "recommend"),
+        (r"\bf/u\b", "follow-up"),
+        (r"\bwnl\b", "normal"),
+        (r"\bnl\b", "normal"),
 )
 _ABBREVIATIONS = re.compile("(?<![a-z0-9])(?=[a-z])(?:" + "|".join(f"(?P<a{i}>{p})" for i, (p, _) in enumerate(_ABBREVIATION_LIST)) + ")")
 # Words whose presence means an abbreviation may occur (a cheap test before the regex pass).
 _ABBREVIATION_TRIGGERS = frozenset(("dist", "prox", "approx", "vs", "e", "i", "drf", "s", "fx", "fxr", "fxs",
-                                    "w", "c", "sts", "pq", "k", "lt", "rt"))
+                                    "w", "c", "sts", "pq", "k", "lt", "rt", "non", "nondisp", "disp",
+                                    "displ", "disloc", "ang", "deg", "inj", "poss", "rec", "f", "wnl", "nl"))
 _ABBREVIATION_REPL = {f"a{i}": r for i, (_, r) in enumerate(_ABBREVIATION_LIST)}
 
 KEY_TERMS: tuple[str, ...] = (
@@ -84,7 +116,7 @@ KEY_TERMS: tuple[str, ...] = (
     "consolidation", "periostitis", "subacute", "interval", "lateral", "tissue", "tissues",
     "pronator", "quadratus", "triquetrum", "lunate", "hamate", "capitate", "trapezium",
     "trapezoid", "pisiform", "phalanx", "humerus", "midshaft", "forearm", "visualized",
-    "demonstrated", "appreciated",
+    "demonstrated", "appreciated", "wrist", "remodeled", "remodelled", "confirmed",
 )
 # Real words one edit away from a key term that must not be "corrected".
 _PROTECTED = frozenset((
@@ -92,6 +124,7 @@ _PROTECTED = frozenset((
     "heated", "radios", "racial", "physics", "literal", "reactive", "tours", "misplaced",
     "tissues", "torso", "dorsum", "volarly", "exclusive", "cortices", "possibility", "healthy",
     "tissue", "sealed", "leaning", "history", "mistory", "distil", "identifies",
+    "wrists", "write", "writs", "confirms", "conformed", "screw", "tract", "tracts",
 ))
 _KEY_SET = frozenset(KEY_TERMS)
 
@@ -180,11 +213,16 @@ _SECTION_KIND = {
     "findings": "findings", "finding": "findings", "report": "findings", "result": "findings",
     "impression": "impression", "conclusion": "impression", "conclusions": "impression",
     "opinion": "impression", "summary": "impression", "interpretation": "impression",
-    "diagnosis": "impression",
+    "diagnosis": "impression", "imp": "impression", "ind": "history",
+    # Plans and recommendations describe what is to be done, not what the images show.
+    "plan": "plan", "recommendation": "plan", "recommendations": "plan", "advice": "plan",
+    "management": "plan",
 }
 _MAX_HEADING_WORDS = max(len(k.split()) for k in _SECTION_KIND)
 _HEADING_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz ")
-_SENTENCE_SPLIT = re.compile(r"\.(?!\d)|\n+|\?(?=\s|$)|!")
+# A question mark closing a statement became " questioned." in normalize(); one left over opens a
+# query ("? subtle buckle") and stays inside its sentence.
+_SENTENCE_SPLIT = re.compile(r"\.(?!\d)|\n+|!")
 
 
 def _headings(text: str) -> list[tuple[int, int, str]]:
@@ -215,18 +253,31 @@ def _headings(text: str) -> list[tuple[int, int, str]]:
     return sorted(found)
 
 
+def _technique_line(kind: str, body: str) -> list[tuple[str, str]]:
+    """A TECHNIQUE / EXAM heading names the views on one line; lines after it without a heading of
+    their own ("Distal radius: buckle fracture.") are findings, kept as preamble."""
+    if kind != "technique":
+        return [(kind, body)]
+    lead = len(body) - len(body.lstrip())
+    cut = body.find("\n", lead)
+    if cut == -1:
+        return [(kind, body)]
+    return [(kind, body[:cut]), ("preamble", body[cut:])]
+
+
 def split_sections(text: str) -> list[tuple[str, str]]:
-    """[(kind, text)] with kind in history, comparison, technique, findings, impression, preamble."""
+    """[(kind, text)] with kind in history, comparison, technique, findings, impression, plan,
+    preamble."""
     out = []
     pos, kind = 0, "preamble"
     for start, end, new_kind in _headings(text):
         if start < pos:
             continue
         if start > pos:
-            out.append((kind, text[pos:start]))
+            out.extend(_technique_line(kind, text[pos:start]))
         kind = new_kind
         pos = end
-    out.append((kind, text[pos:]))
+    out.extend(_technique_line(kind, text[pos:]))
     return [(k, s) for k, s in out if s.strip()]
 
 
@@ -250,7 +301,8 @@ _LEXICON: tuple[tuple[str, Any, str], ...] = (
     ("UNCPOST", None, r"(?:can ?not|can't|could not|not|cannot) (?:be )?(?:entirely |completely |definitely |confidently )?(?:excluded|ruled out)|"
                       r"(?:is |are )?(?:difficult|hard) to exclude|"
                       r"(?:is |are |was |were )(?:suspected|questioned|questionable|possible|probable|likely|unlikely|equivocal|not entirely excluded)|"
-                      r"unlikely|questioned"),
+                      r"unlikely|questioned|(?:is |are )?(?:not definite|not definitely (?:seen|identified|present))|"
+                      r"(?:is |are )?not excluded"),
     ("UNCCLAUSE", None, r"versus|or (?:a |an )?(?:nutrient|vascular) (?:canal|channel|foramen)|"
                         r"(?:nutrient|vascular) (?:canal|channel|foramen)|normal variant|"
                         r"(?:developmental|physiologic|physiological) variant|differential (?:diagnosis )?includes"),
@@ -262,7 +314,7 @@ _LEXICON: tuple[tuple[str, Any, str], ...] = (
                      r"raises? (?:the )?(?:possibility|question|concern) (?:of|for)|query|rule out|r/o|occult"),
     ("UNCPRE", None, r"\?(?=\s*[a-z])"),
     ("NEGPOST", None, r"(?:is |are |was |were )?not (?:seen|identified|demonstrated|visuali[sz]ed|evident|"
-                      r"appreciated|present|noted|detected|apparent|shown)|"
+                      r"appreciated|present|noted|detected|apparent|shown|confirmed|reproduced)|unconfirmed|"
                       r"(?:is |are |was |were )?(?:absent|excluded|ruled out)|none (?:seen|identified|noted)|"
                       r"(?:has |have )?resolved"),
     ("NEGPOST", None, r": ?none"),
@@ -278,7 +330,9 @@ _LEXICON: tuple[tuple[str, Any, str], ...] = (
                     r"(?:after|post|following) (?:the )?(?:cast|splint)"),
     ("HW", False, r"(?:hardware|pins?|k-?wires?|kirschner wires?|screws?|plates?) (?:has been |have been |was |were )?removed|"
                   r"removal of (?:the )?(?:hardware|pins?|wires?|kirschner wires?|screws?|plates?)|"
-                  r"(?:hardware|pin|wire|plate) removal"),
+                  r"(?:hardware|pin|wire|kirschner wire|screw|plate) removal|"
+                  # Tracts and holes are what removed pins and screws leave behind.
+                  r"(?:empty |residual )?(?:pins?|screws?|wires?) (?:tracts?|tracks?|holes?|sites?)"),
     ("PAT", "salter_harris", r"salter[\s-]*harris(?:[\s-]*(?:type|grade|class))?[\s-]*" + _GRADE + r"\b|"
                              r"(?:type|grade) " + _GRADE + r" salter[\s-]*harris|"
                              r"salter[\s-]*(?:type[\s-]*)?" + _GRADE + r"\b|"
@@ -324,8 +378,11 @@ _LEXICON: tuple[tuple[str, Any, str], ...] = (
     ("ANG", False, r"non[\s-]?angulated|unangulated"),
     ("ANG", True, r"angulated|angulation|angled|apex[\s-](?:volar|dorsal|palmar|radial|ulnar|anterior|posterior)|"
                   r"(?:dorsal|volar|palmar) tilt(?:ing)?|tilted"),
+    # An old, remodelled fracture is not a finding of the current injury.
+    ("REMOTE", None, r"healed and remodel(?:l)?ed|(?:completely|fully|well) (?:healed|remodel(?:l)?ed)|"
+                     r"remodel(?:l)?(?:ed|ing)|old|remote|longstanding|long-standing"),
     ("HEAL", True, r"callus|periosteal (?:reaction|new bone(?: formation)?|elevation|thickening)|periostitis|"
-                   r"new bone formation|healing|healed|heals|consolidat\w*|remodel(?:l)?(?:ing|ed)|subacute|bridging|"
+                   r"new bone formation|healing|healed|heals|consolidat\w*|subacute|bridging|"
                    r"sclerosis (?:along|at|of) the fracture(?: line)?|sclerotic (?:fracture )?margins?"),
     ("CAST", True, r"casts?|casted|casting|splints?|splinted|plaster|fiberglass|fibreglass|"
                    r"immobili[sz]ation|immobili[sz]ed|back[\s-]?slab"),
@@ -429,7 +486,8 @@ _MENTION_FILLERS = frozenset((
     "type", "like", "pattern", "injury", "injuries", "acute", "subtle", "small", "tiny", "minimal",
     "minimally", "mild", "mildly", "slightly", "slight", "moderately", "moderate", "significantly",
     "significant", "severely", "incomplete", "linear", "impacted", "impaction", "cortical",
-    "fracture-type", "nonunited", "old", "new", "recent", "hairline", "nearly", "partially",
+    "fracture-type", "nonunited", "new", "recent", "hairline", "nearly", "partially",
+    "intra-articular", "intraarticular", "extra-articular", "extraarticular", "articular",
 ))
 _SPECIFICITY = {"salter_harris": 5, "avulsion": 4, "plastic_bowing": 3, "greenstick": 3, "buckle": 2,
                 "complete": 1}
@@ -459,9 +517,17 @@ class Mention:
     angulated: list = field(default_factory=list)
     healing: bool = False
     healing_only: bool = False
+    remote: bool = False             # old / remodelled: not a finding of this study
+    own_location: bool = False       # its location was named next to it (not the sentence's nearest)
+    location_span: tuple[int, int] = (-1, -1)
+    sentence: int = 0                # sentence index in the report (for --explain)
+    words: str = ""
+    heal_words: list = field(default_factory=list)
 
 
 _WORD_REST = re.compile(r"[a-z0-9'-]*")
+_AGE_UNITS = frozenset(("year", "years", "yr", "yrs", "y", "month", "months", "week", "weeks", "day", "days"))
+_EARLY = frozenset(("early", "ongoing", "initial", "partial", "some", "mild"))
 
 
 def _matches(sentence: str):
@@ -492,6 +558,10 @@ def tokenize(sentence: str) -> list[Tok]:
             clause += 1
             toks.append(Tok(kind, value, text, clause))
             continue
+        if kind == "REMOTE" and text == "old" and toks and toks[-1].text in _AGE_UNITS:
+            kind = "WORD"  # "8 year old", "two weeks old": an age, not an old fracture
+        elif kind == "REMOTE" and text.startswith("remodel") and toks and toks[-1].text in _EARLY:
+            kind, value = "HEAL", True  # "early remodelling" is part of healing
         if kind == "PAT" and value == "salter_harris":
             g = _GRADE_IN.findall(_SH_WORDS.sub(" ", text))
             value = ("salter_harris", _ROMAN[g[-1]] if g else None)
@@ -535,9 +605,9 @@ def _find_mentions(toks: list[Tok]) -> list[Mention]:
                 m = Mention(i, j, toks[i].clause, pattern, grade if pattern == "salter_harris" else None)
                 for k in range(i, j):
                     if toks[k].kind == "DISP":
-                        m.displaced.append((k, toks[k].value))
+                        m.displaced.append((k, toks[k].value, None, 0, toks[k].text))
                     elif toks[k].kind == "ANG":
-                        m.angulated.append((k, toks[k].value))
+                        m.angulated.append((k, toks[k].value, None, 0, toks[k].text))
                     elif toks[k].kind == "HEAL":
                         m.healing = True
                 mentions.append(m)
@@ -550,6 +620,8 @@ def _find_mentions(toks: list[Tok]) -> list[Mention]:
 
 
 _HEAD_KINDS = ("DISP", "ANG", "HEAL", "CAST", "HW", "SWELL")
+# Contrast ends the reach of a hedge; a relative clause ("..., which may represent") does not.
+_SOFT_TERMS = frozenset(("which", "that is"))
 
 
 def _units(toks: list[Tok], mentions: list[Mention]):
@@ -582,6 +654,10 @@ def _scope_forward(units, start: int, attr: str, limit: int = 14) -> None:
         if kind == "MENTION" or kind in _HEAD_KINDS:
             if seen_head and not coord:
                 break
+            # "without displacement and angulated 10 degrees": a participle joined to a negated
+            # noun is a new positive statement, not part of the negated list.
+            if seen_head and kind in ("DISP", "ANG") and ref.value is True and ref.text.endswith("ed"):
+                break
             _mark(ref, attr)
             seen_head, coord = True, False
         elif kind == "COORD":
@@ -605,9 +681,9 @@ def _list_continues(rest, clause: int) -> bool:
     return False
 
 
-def _scope_backward(units, start: int, attr: str, limit: int = 14) -> None:
+def _scope_backward(units, start: int, attr: str, limit: int = 14) -> bool:
     """Post-trigger ("is not seen", "cannot be excluded"): the head before it, plus heads joined to
-    it by and/or."""
+    it by and/or. Returns whether it reached a head."""
     seen_head = coord = False
     clause = units[start][2]
     for kind, ref, cl in reversed(units[max(0, start - limit): start]):
@@ -620,6 +696,7 @@ def _scope_backward(units, start: int, attr: str, limit: int = 14) -> None:
             seen_head, coord = True, False
         elif kind == "COORD":
             coord = seen_head or coord
+    return seen_head
 
 
 def _apply_scopes(units) -> None:
@@ -628,18 +705,39 @@ def _apply_scopes(units) -> None:
             _scope_forward(units, idx, "negated")
         elif kind == "NEGPOST":
             _scope_backward(units, idx, "negated")
-        elif kind == "UNCPOST":
-            _scope_backward(units, idx, "uncertain")
-        elif kind == "UNCPRE":
-            for k2, ref, cl2 in units[idx + 1:]:
-                if cl2 != cl:
-                    break
-                if k2 == "MENTION":
-                    ref.uncertain = True
-        elif kind == "UNCCLAUSE":
+        elif kind in ("UNCPOST", "UNCPRE"):
+            # A hedge reaches the findings it modifies on either side within its clause: "is
+            # questionable for a fracture" looks ahead; "buckle fracture of the radius,
+            # questionable" looks back.
+            after = [ref for k2, ref, cl2 in units[idx + 1:] if cl2 == cl and k2 == "MENTION"]
+            if kind == "UNCPOST":
+                if not _scope_backward(units, idx, "uncertain"):
+                    for ref in after or _antecedent(units, cl):
+                        ref.uncertain = True
+                continue
+            closes = not any(cl2 == cl and k2 in ("MENTION", "LOC") for k2, _, cl2 in units[idx + 1:])
+            targets = after or ([ref for k2, ref, cl2 in units[:idx] if cl2 == cl and k2 == "MENTION"]
+                                if closes else [])
+            for ref in targets or (_antecedent(units, cl) if closes else []):
+                ref.uncertain = True
+        elif kind == "REMOTE":
             for k2, ref, cl2 in units:
                 if cl2 == cl and k2 == "MENTION":
-                    ref.uncertain = True
+                    ref.remote = True
+        elif kind == "UNCCLAUSE":
+            own = [ref for k2, ref, cl2 in units if cl2 == cl and k2 == "MENTION"]
+            for ref in own or _antecedent(units, cl):
+                ref.uncertain = True
+
+
+def _antecedent(units, clause: int) -> list:
+    """The finding a relative clause modifies: "subtle buckle of the radius, which may be a normal
+    variant" hedges the buckle. Only a clause opened by "which" / "that is" has one."""
+    opens = [ref for k, ref, cl in units if k == "TERM" and cl == clause]
+    if not opens or opens[0].text not in _SOFT_TERMS:
+        return []
+    before = [ref for k, ref, cl in units if k == "MENTION" and cl == clause - 1]
+    return before[-1:]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -684,6 +782,8 @@ _SKIP_LEFT = ("VERB", "WORD", "PREP")
 
 
 def _attach(m: Mention, toks: list[Tok], groups, mentions: list[Mention]) -> tuple[str, ...]:
+    """The regions of mention `m`; sets m.own_location and m.location_span when the location is
+    named next to it (not merely the sentence's nearest)."""
     by_start = {g[0]: g for g in groups}
     by_end = {g[1]: g for g in groups}
     other_spans = [(o.start, o.end) for o in mentions if o is not m]
@@ -691,12 +791,12 @@ def _attach(m: Mention, toks: list[Tok], groups, mentions: list[Mention]) -> tup
     def inside_other(k: int) -> bool:
         return any(s <= k < e for s, e in other_spans)
 
-    def right() -> tuple[str, ...] | None:
+    def right():
         saw_prep, adjacent = False, True
         for k in range(m.end, min(len(toks), m.end + 9)):
             if k in by_start:
                 if saw_prep or adjacent:
-                    return by_start[k][2]
+                    return by_start[k]
                 return None
             t = toks[k]
             adjacent = adjacent and t.kind == "WORD" and t.text in _ADJACENT_WORDS
@@ -707,10 +807,10 @@ def _attach(m: Mention, toks: list[Tok], groups, mentions: list[Mention]) -> tup
             saw_prep = saw_prep or t.kind == "PREP"
         return None
 
-    def left() -> tuple[str, ...] | None:
+    def left():
         for k in range(m.start - 1, max(-1, m.start - 8), -1):
             if k in by_end:
-                return by_end[k][2]
+                return by_end[k]
             t = toks[k]
             if inside_other(k) or t.kind == "TERM" or t.kind not in _SKIP_LEFT + ("DISP", "ANG", "HEAL"):
                 return None
@@ -720,13 +820,15 @@ def _attach(m: Mention, toks: list[Tok], groups, mentions: list[Mention]) -> tup
     order = (right, left) if nxt in ("PREP", "VERB", "LOC") else (left, right)
     got: tuple[str, ...] = ()
     for f in order:
-        got = f() or ()
-        if got:
+        g = f()
+        if g:
+            got, m.own_location, m.location_span = g[2], True, (g[0], g[1])
             break
     if not got and groups:
         def dist(g):
             return min(abs(g[0] - m.start), abs(g[1] - (m.end - 1)), abs(g[0] - (m.end - 1)), abs(g[1] - m.start))
-        got = min(groups, key=dist)[2]
+        g = min(groups, key=dist)
+        got, m.location_span = g[2], (g[0], g[1])
     # A shaft level in the location or just before the mention ("mid-shaft fractures of the
     # radius and ulna") moves radius/ulna findings elsewhere.
     near_shaft = any(toks[k].kind == "LOC" and toks[k].value == "shaft" for k in range(max(0, m.start - 2), m.start))
@@ -738,18 +840,39 @@ def _attach(m: Mention, toks: list[Tok], groups, mentions: list[Mention]) -> tup
 # ---------------------------------------------------------------------------------------------
 # 6. The miner
 # ---------------------------------------------------------------------------------------------
-_LATERALITY = re.compile(r"(?<![a-z])(left|right)(?![a-z])|(?<![a-z])([lr])\.? (?:wrist|hand|forearm)\b")
+_LATERALITY = re.compile(r"(?<![a-z])(left|right)(?![a-z])|"
+                         r"(?<![a-z])([lr])\.? (?:wrist|hand|forearm|arm|upper limb|distal|radius|ulna|side)\b|"
+                         r"\(([lr])\)")
+# In an indication, a side may be a lone letter closing a phrase: "Pain, R." / "forearm fracture, L".
+_LATERALITY_LONE = re.compile(r"(?:^|[,;:(]) ?([lr])\.?\s*(?=$|[.,;)\n])", re.M)
 
 
-def _laterality(sections: list[tuple[str, str]]) -> str | None:
-    for wanted in (("technique",), ("preamble", "findings", "impression"), ("history",)):
+def _laterality(sections: list[tuple[str, str]]) -> tuple[str | None, str, str]:
+    """(side, section kind, matched words): the technique line first, then the findings, then the
+    indication, then the comparison (a prior study is almost always of the same side)."""
+    for wanted in (("technique",), ("preamble", "findings", "impression"), ("history",), ("comparison",)):
         for kind, text in sections:
             if kind in wanted:
                 m = _LATERALITY.search(text)
+                if not m and kind in ("history", "technique"):
+                    m = _LATERALITY_LONE.search(text)
                 if m:
-                    side = m.group(1) or m.group(2)
-                    return "left" if side.startswith("l") else "right"
-    return None
+                    side = next(g for g in m.groups() if g)
+                    return ("left" if side.startswith("l") else "right"), kind, m.group(0).strip()
+    return None, "", ""
+
+
+# A sentence that recommends or plans ("recommend splint", "thumb spica cast recommended", "will be
+# placed in a cast", "consider immobilisation if ...") describes no finding of these images.
+_PLAN = re.compile(r"^\s*(?:please |we )?(?:recommend|suggest|consider|advise|refer|plan\b)|"
+                   r"\b(?:recommended|recommend|recommendation|recommends|suggested|is advised|are advised|"
+                   r"advised|advise|consider|to be (?:placed|applied|treated)|will be (?:placed|applied|treated)|"
+                   r"should be (?:placed|applied|treated)|if (?:clinical\w*|symptoms|there is|occult|concern|pain|still))\b")
+_PLAN_HINTS = ("recommend", "suggest", "consider", "advis", "plan", "refer", " be ", "if ")
+# Words that make a previously described (hedged) finding a finding of this study again.
+_CONFIRMS = re.compile(r"(?<!not )(?<!un)\bconfirm(?:ed|ing|s)\b|\bagain (?:seen|noted|identified|demonstrated)\b|"
+                       r"\bpersist\w*|\bremains?\b|\bunchanged\b|\bstable\b|\bnow (?:seen|evident|visible|apparent)\b")
+_PRIOR_WORDS = frozenset(("previously", "prior", "earlier", "initially", "formerly"))
 
 
 def _nearest_mention(pos: int, clause: int, mentions: list[Mention]) -> Mention | None:
@@ -769,119 +892,340 @@ def _nearest_mention(pos: int, clause: int, mentions: list[Mention]) -> Mention 
     return None
 
 
-def _earlier_targets(state: dict, groups, idx: int) -> list[Mention]:
+def _earlier_targets(state: dict, groups, idx: int, toks: list[Tok]) -> list[Mention]:
     """Findings of earlier sentences that an attribute-only sentence refers to: those at the
-    location it names ("5 mm displacement of the distal radial epiphysis"), else the last ones."""
+    location it names ("5 mm displacement of the distal radial epiphysis"); with no location and no
+    fracture word ("No displacement.") every finding of the section; else the last ones."""
     if groups:
         nearest = min(groups, key=lambda g: min(abs(g[0] - idx), abs(g[1] - idx)))[2]
         named = [m for m in state["mentions"] if not m.negated and set(m.regions) & set(nearest)]
         if named:
             return named
+    elif not any(t.kind == "FX" for t in toks):
+        return [m for m in state["section"] if not m.negated and not m.remote] or state["last"]
     return state["last"]
 
 
-def _mine_sentence(toks: list[Tok], state: dict, flags: dict, allow_findings: bool) -> None:
+def _named_bone(idx: int, owner: Mention, toks: list[Tok]) -> str | None:
+    """A bone named again just before an attribute, after its finding and outside the finding's own
+    location ("radius and ulna fractures, the radius with 4 mm of displacement and the ulna
+    nondisplaced"): the attribute belongs to that bone only."""
+    if len(owner.regions) < 2:
+        return None
+    for k in range(idx - 1, max(-1, idx - 7), -1):
+        t = toks[k]
+        if t.kind == "TERM" or owner.start <= k < owner.end or k < owner.end:
+            break
+        if t.kind == "LOC":
+            if owner.location_span[0] <= k <= owner.location_span[1]:
+                break
+            return t.value if t.value in owner.regions else None
+        if t.kind not in ("WORD", "VERB", "PREP", "DISP", "ANG"):
+            break
+    # "... with dorsal displacement of the radial fragment": the bone named right after it.
+    if idx + 1 < len(toks) and toks[idx + 1].kind == "PREP" and toks[idx + 1].text == "of":
+        for k in range(idx + 2, min(len(toks), idx + 5)):
+            t = toks[k]
+            if t.kind == "LOC":
+                inside = owner.location_span[0] <= k <= owner.location_span[1]
+                return t.value if t.value in owner.regions and not inside else None
+            if t.kind != "WORD":
+                break
+    return None
+
+
+def _distributive(toks: list[Tok]) -> str | None:
+    """"Neither fracture is angulated" / "Both fractures are nondisplaced" / "Neither is displaced":
+    returns "neither" or "both" when the sentence's subject is all the findings described."""
+    k = 0
+    while k < len(toks) and toks[k].kind == "WORD" and toks[k].text in ("the", "and"):
+        k += 1
+    if k + 1 >= len(toks) or toks[k].text not in ("neither", "both"):
+        return None
+    nxt = toks[k + 1]
+    if nxt.kind == "FX" or (nxt.kind == "VERB" and nxt.text in ("is", "are", "was", "were", "show", "remain", "appear")) \
+            or nxt.text in ("of", "the"):
+        return toks[k].text
+    return None
+
+
+def _words(toks: list[Tok], a: int, b: int) -> str:
+    return " ".join(t.text for t in toks[a:b])
+
+
+def _add_attr(m: Mention, kind: str, idx: int, value, region, sent: int, word: str) -> None:
+    (m.displaced if kind == "DISP" else m.angulated).append((idx, value, region, sent, word))
+
+
+def _flag(flags: dict, trace: dict, key: str, value: bool, sent: int, word: str) -> None:
+    flags[key] = flags[key] or value
+    trace.setdefault(f"global.{key}", []).append((sent, word))
+
+
+def _mine_sentence(toks: list[Tok], state: dict, flags: dict, allow_findings: bool, sent: int) -> None:
     mentions = _find_mentions(toks) if allow_findings else []
+    for m in mentions:
+        m.sentence, m.words = sent, _words(toks, m.start, m.end)
+        m.displaced = [(k, v, r, sent, w) for k, v, r, _, w in m.displaced]
+        m.angulated = [(k, v, r, sent, w) for k, v, r, _, w in m.angulated]
     units = _units(toks, mentions)
     _apply_scopes(units)
     for kind, ref, _ in units:
         if kind == "CAST" and not ref.negated and not ref.uncertain:
-            flags["cast"] = flags["cast"] or bool(ref.value)
             if ref.value is False:
                 flags["cast_removed"] = True
+                state["trace"].setdefault("global.cast", []).append((sent, ref.text))
+            else:
+                _flag(flags, state["trace"], "cast", True, sent, ref.text)
         elif kind == "HW" and not ref.negated and not ref.uncertain:
-            flags["hardware"] = flags["hardware"] or bool(ref.value)
             if ref.value is False:
                 flags["hardware_removed"] = True
+                state["trace"].setdefault("global.hardware", []).append((sent, ref.text))
+            else:
+                _flag(flags, state["trace"], "hardware", True, sent, ref.text)
         elif kind == "SWELL" and allow_findings and not ref.negated:
-            flags["soft_tissue_swelling"] = True
+            _flag(flags, state["trace"], "soft_tissue_swelling", True, sent, ref.text)
     if not allow_findings:
         return
     groups = _location_groups(toks)
+    distributive = _distributive(toks)
+    if distributive:
+        _mine_distributive(toks, state, distributive, sent)
+        return
     # Healing words with a location and no fracture word in the sentence describe a healing fracture.
     if not mentions:
         for idx, t in enumerate(toks):
             if t.kind == "HEAL" and not t.negated and (groups or state["last"]):
-                m = Mention(idx, idx + 1, t.clause, healing=True, healing_only=True)
+                if any(u.kind == "REMOTE" and u.clause == t.clause for u in toks):
+                    break
+                m = Mention(idx, idx + 1, t.clause, healing=True, healing_only=True, sentence=sent, words=t.text)
                 m.uncertain = t.uncertain
+                m.heal_words.append((sent, t.text))
                 mentions.append(m)
                 break
     for m in mentions:
         regs = _attach(m, toks, groups, mentions)
         if not regs and not m.negated:
+            # "The fracture has healed with remodelling. ... Healed fracture.": a finding without a
+            # location after only old ones refers to them.
+            if not state["last"] and any(o.remote for o in state["mentions"]):
+                m.remote = True
             regs = state["last_regions"] or (("ulnar_styloid",) if m.pattern == "avulsion" else ("distal_radius",))
         m.regions = regs
+        m.heal_words.extend((sent, toks[k].text) for k in range(m.start, m.end) if toks[k].kind == "HEAL")
+    if any(m.uncertain for m in mentions) or any(t.kind == "UNCPRE" for t in toks):
+        mentions.extend(_hedged_extensions(toks, groups, mentions, sent))
+        _share_hedges(toks, mentions)
+        _prior_mentions(toks, mentions)
     # Attributes outside mentions attach to the nearest mention, or to the previous sentence's.
     for idx, t in enumerate(toks):
         if t.kind not in ("DISP", "ANG", "HEAL"):
             continue
         if any(m.start <= idx < m.end for m in mentions):
             continue
-        owner = _nearest_mention(idx, t.clause, [m for m in mentions if not m.negated])
-        targets = [owner] if owner is not None else _earlier_targets(state, groups, idx)
+        owner = _nearest_mention(idx, t.clause, [m for m in mentions if not m.negated and not m.remote])
+        targets = [owner] if owner is not None else _earlier_targets(state, groups, idx, toks)
         for o in targets:
-            if t.kind == "DISP":
-                o.displaced.append((idx, False if t.negated else t.value))
-            elif t.kind == "ANG":
-                o.angulated.append((idx, False if t.negated else t.value))
+            if t.kind in ("DISP", "ANG"):
+                region = _named_bone(idx, o, toks) if owner is not None else None
+                _add_attr(o, t.kind, idx, False if t.negated else t.value, region, sent, t.text)
             elif t.kind == "HEAL" and not t.negated:
                 o.healing = True
-    located = [m for m in mentions if not m.negated]
+                o.heal_words.append((sent, t.text))
+    # "Healed distal radius fracture" restating an old, remodelled one is that old fracture.
+    old = state["old_regions"]
+    for m in mentions:
+        if old and m.healing and old & set(m.regions) and all(w == "healed" for _, w in m.heal_words):
+            m.remote = True
+    old.update(r for m in mentions if m.remote and not m.negated for r in m.regions)
+    located = [m for m in mentions if not m.negated and not m.remote]
     state["mentions"].extend(mentions)
+    state["section"].extend(mentions)
     if located:
         state["last"] = located
         state["last_regions"] = tuple(dict.fromkeys(r for m in located for r in m.regions if r != "other")) \
             or state["last_regions"]
 
 
-def _resolve(mentions: list[Mention]) -> tuple[dict, bool]:
+def _mine_distributive(toks: list[Tok], state: dict, which: str, sent: int) -> None:
+    """Attributes of a "neither / both" sentence go to every current finding of the section."""
+    targets = [m for m in state["section"] if not m.negated and not m.remote
+               and set(m.regions) & set(REGIONS)] or state["last"]
+    for idx, t in enumerate(toks):
+        if t.kind not in ("DISP", "ANG", "HEAL"):
+            continue
+        value = False if which == "neither" or t.negated else t.value
+        for o in targets:
+            if t.kind == "HEAL":
+                if value:
+                    o.healing = True
+                    o.heal_words.append((sent, t.text))
+            else:
+                _add_attr(o, t.kind, idx, value, None, sent, f"{which} ... {t.text}")
+
+
+def _hedged_extensions(toks: list[Tok], groups, mentions: list[Mention], sent: int) -> list[Mention]:
+    """"Buckle fracture of the distal radius, possibly also involving the distal ulna": a hedge
+    followed by a location that no finding claims is a hedged finding there, of the same pattern."""
+    out = []
+    claimed = {m.location_span for m in mentions if m.own_location}
+    by_start = {g[0]: g for g in groups}
+    for u, t in enumerate(toks):
+        if t.kind != "UNCPRE":
+            continue
+        earlier = [m for m in mentions if m.end <= u and m.clause <= t.clause and not m.negated]
+        if not earlier:
+            continue
+        for k in range(u + 1, min(len(toks), u + 6)):
+            if k in by_start:
+                g = by_start[k]
+                if (g[0], g[1]) not in claimed and not any(m.start <= k < m.end or m.start > u and m.start < k
+                                                           for m in mentions):
+                    src = earlier[-1]
+                    m = Mention(g[0], g[1] + 1, t.clause, src.pattern, src.grade, uncertain=True,
+                                regions=g[2], own_location=True, location_span=(g[0], g[1]), sentence=sent,
+                                words=f"{t.text} ... {_words(toks, g[0], g[1] + 1)}")
+                    out.append(m)
+                break
+            if toks[k].kind not in ("WORD", "PREP", "VERB"):
+                break
+    return out
+
+
+def _share_hedges(toks: list[Tok], mentions: list[Mention]) -> None:
+    """A hedged reading of a sign describes the same finding as the sign: "buckling of the distal
+    radius, possibly representing a buckle fracture" / "cortical buckle of the radius - a torus
+    fracture is not excluded". An unhedged finding takes the hedge of a hedged one in its sentence
+    when nothing contrasts them and the hedged one names no other bone."""
+    hedged = [h for h in mentions if h.uncertain and not h.negated]
+    for m in mentions:
+        if m.uncertain or m.negated or m.remote:
+            continue
+        for h in hedged:
+            a, b = (m, h) if m.end <= h.start else (h, m)
+            between = toks[a.end:b.start]
+            if any(t.kind == "TERM" and t.text not in _SOFT_TERMS for t in between):
+                continue
+            if any(t.kind in ("NEGPRE", "NEGPOST") for t in between):
+                continue
+            if set(h.regions) & set(m.regions) if h.own_location else True:
+                m.uncertain = True
+                break
+
+
+def _prior_mentions(toks: list[Tok], mentions: list[Mention]) -> None:
+    """"The previously questioned buckle fracture ...": the hedge belongs to the earlier study. The
+    finding is current only if this sentence confirms it (or it heals); otherwise it is dropped."""
+    confirmed = None
+    for m in mentions:
+        if m.negated or not m.uncertain:
+            continue
+        if any(toks[k].text in _PRIOR_WORDS for k in range(max(0, m.start - 4), m.start)):
+            if confirmed is None:
+                confirmed = bool(_CONFIRMS.search(" ".join(t.text for t in toks))) \
+                    or any(t.kind == "HEAL" and not t.negated for t in toks)
+            if confirmed:
+                m.uncertain = False
+            else:
+                m.remote = True
+
+
+def _resolve(mentions: list[Mention], trace: dict) -> tuple[dict, bool]:
     regions = {r: empty_region() for r in REGIONS}
     other = False
     for name in REGIONS:
-        ms = [m for m in mentions if name in m.regions and not m.negated]
+        ms = [m for m in mentions if name in m.regions and not m.negated and not m.remote]
         if not ms:
+            dropped = [(m.sentence, f"{m.words} ({'negated' if m.negated else 'old / not confirmed'})")
+                       for m in mentions if name in m.regions and (m.negated or m.remote)]
+            if dropped:
+                trace[f"{name}.fracture"] = dropped
             continue
         present = [m for m in ms if not m.uncertain]
         status = "present" if present else "uncertain"
         use = present or ms
         r = regions[name]
         r["fracture"] = status
-        pats = [m.pattern for m in use if m.pattern] or [m.pattern for m in ms if m.pattern]
+        trace[f"{name}.fracture"] = [(m.sentence, m.words) for m in use]
+        pats = [(m.pattern, m) for m in use if m.pattern] or [(m.pattern, m) for m in ms if m.pattern]
         if pats:
-            best = max(_SPECIFICITY[p] for p in pats)
-            ranked = [p for p in pats if _SPECIFICITY[p] == best]
+            best = max(_SPECIFICITY[p] for p, _ in pats)
+            ranked = [p for p, _ in pats if _SPECIFICITY[p] == best]
             r["pattern"] = max(sorted(set(ranked)), key=ranked.count)
+            trace[f"{name}.pattern"] = [(m.sentence, m.words) for p, m in pats if p == r["pattern"]]
+        if name == "ulnar_styloid":
+            # The AO pediatric classification codes every ulnar styloid fracture as an avulsion
+            # (..u-E/7, ..u-M/7); the GRAZPEDWRI-DX importer maps them so.
+            if r["pattern"] != "avulsion":
+                trace[f"{name}.pattern"] = trace.get(f"{name}.fracture", []) + [(-1, "ulnar styloid: avulsion (AO)")]
+            r["pattern"] = "avulsion"
         if r["pattern"] == "salter_harris":
-            grades = [m.grade for m in ms if m.grade]
-            r["salter_harris"] = grades[0] if grades else None
+            grades = [m for m in ms if m.grade]
+            r["salter_harris"] = grades[0].grade if grades else None
+            if grades:
+                trace[f"{name}.salter_harris"] = [(grades[0].sentence, grades[0].words)]
         for key in ("displaced", "angulated"):
-            vals = [v for m in use for _, v in getattr(m, key)]
+            attrs = [a for m in use for a in getattr(m, key) if a[2] is None or a[2] == name]
+            vals = [a[1] for a in attrs]
             r[key] = True if True in vals else (False if False in vals else None)
+            if r[key] is not None:
+                trace[f"{name}.{key}"] = [(a[3], a[4]) for a in attrs if a[1] == r[key]]
+        heal = [w for m in ms if m.healing for w in m.heal_words]
         r["healing"] = any(m.healing for m in ms)
+        if r["healing"]:
+            trace[f"{name}.healing"] = heal
     for m in mentions:
-        if "other" in m.regions and not m.negated:
+        if "other" in m.regions and not m.negated and not m.remote:
             other = True
+            trace.setdefault("global.other_fracture", []).append((m.sentence, m.words))
     return regions, other
 
 
-def mine_report(text: str) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """Free-text report -> (regions, global_) in the findings schema (deterministic)."""
-    t = normalize(text)
-    sections = split_sections(t)
-    state: dict[str, Any] = {"mentions": [], "last": [], "last_regions": ()}
-    flags = {"cast": False, "hardware": False, "soft_tissue_swelling": False}
-    for kind, body in sections:
-        if kind in ("history", "comparison"):
-            continue
-        allow = kind != "technique"
+def sentences(text: str) -> list[tuple[str, str]]:
+    """[(section kind, normalised sentence)] in report order; indices are those of `explain`."""
+    out = []
+    for kind, body in split_sections(normalize(text)):
         for sent in _SENTENCE_SPLIT.split(body):
             if sent.strip():
-                _mine_sentence(tokenize(sent), state, flags, allow)
-    regions, other = _resolve(state["mentions"])
+                out.append((kind, sent))
+    return out
+
+
+def mine_report(text: str, trace: dict | None = None) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Free-text report -> (regions, global_) in the findings schema (deterministic).
+
+    With a `trace` dict, fills it with {field: [(sentence index, words), ...]}: the sentences (by
+    index in `sentences(text)`) and the words that set each non-default field, plus "skipped":
+    [(sentence index, section or "plan")] for sentences read as history, comparison or a plan."""
+    t = normalize(text)
+    sections = split_sections(t)
+    tr: dict[str, Any] = {} if trace is None else trace
+    state: dict[str, Any] = {"mentions": [], "section": [], "last": [], "last_regions": (), "trace": tr,
+                             "old_regions": set()}
+    flags = {"cast": False, "hardware": False, "soft_tissue_swelling": False}
+    skipped = tr.setdefault("skipped", [])
+    sent_idx = 0
+    for kind, body in sections:
+        state["section"] = []
+        for sent in _SENTENCE_SPLIT.split(body):
+            if not sent.strip():
+                continue
+            if kind in ("history", "comparison", "plan"):
+                skipped.append((sent_idx, kind))
+            elif any(h in sent for h in _PLAN_HINTS) and _PLAN.search(sent):
+                skipped.append((sent_idx, "plan"))
+            else:
+                _mine_sentence(tokenize(sent), state, flags, kind != "technique", sent_idx)
+            sent_idx += 1
+    regions, other = _resolve(state["mentions"], tr)
     g = empty_global()
-    g["laterality"] = _laterality(sections)
-    g["cast"] = bool(flags["cast"])
-    g["hardware"] = bool(flags["hardware"])
+    side, where, words = _laterality(sections)
+    g["laterality"] = side
+    if side:
+        tr["global.laterality"] = [(-1, f"{where}: {words}")]
+    # A removal ("K-wires removed", "pin tracts", "cast removed") outranks mentions of the device.
+    g["cast"] = bool(flags["cast"]) and not flags.get("cast_removed")
+    g["hardware"] = bool(flags["hardware"]) and not flags.get("hardware_removed")
     g["soft_tissue_swelling"] = bool(flags["soft_tissue_swelling"])
     g["other_fracture"] = other
     return regions, g

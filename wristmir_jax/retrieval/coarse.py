@@ -1,4 +1,5 @@
-"""Coarse search over the global image embeddings: ScaNN (k-means tree + anisotropic asymmetric
+"""Coarse search over one kind of embedding (the global image embeddings, or one bone's region
+embeddings): ScaNN (k-means tree + anisotropic asymmetric
 hashing + int8 reordering) for large databases, exact jitted search below EXACT_SEARCH_LIMIT.
 
 Parameter rule (`params_for_size`, every field overridable):
@@ -11,6 +12,10 @@ Parameter rule (`params_for_size`, every field overridable):
                       searcher instead of the 1 KB a float32 reordering copy would take.
   training_sample   = min(N, 250000)
 The rule's recall and speed at 1M x 256 are measured by `wristmir bench --suite search`.
+
+A bone-conditioned query draws its candidates from the global searcher AND that bone's region
+searcher (`union_candidates`): a case whose bone looks like the query's but whose whole image does
+not is still reranked (the global top-K alone dropped such cases before the rerank saw them).
 
 ScaNN searchers are saved with `searcher.serialize(dir)` and loaded with `load_searcher`, after
 the store has checked every file's size against the fingerprint. A ScaNN docids pickle is never
@@ -109,13 +114,16 @@ def load_scann(folder: str):
 
 
 class CoarseSearcher:
-    """Top-k by global embedding over the database, excluding a query's own group when asked.
+    """Top-k by one kind of embedding over the database, excluding a query's own group when asked.
 
-    kind "exact": ExactSearcher (exclusion inside the jitted scan). kind "scann": ScaNN asked for
-    k + the largest group size (so that k remain after removing a query's group), then filtered.
+    kind "exact": ExactSearcher (exclusion and validity inside the jitted scan). kind "scann":
+    ScaNN asked for k + the largest group size (so that k remain after removing a query's group),
+    then filtered. `positions` maps a ScaNN searcher built over a subset (the items that have a
+    region crop) back to index positions; results are always index positions.
     """
 
-    def __init__(self, database, *, groups=None, scann_searcher=None, params: ScannParams | None = None):
+    def __init__(self, database, *, groups=None, scann_searcher=None, params: ScannParams | None = None,
+                 valid=None, positions=None):
         from wristmir_jax.retrieval.exact import ExactSearcher
 
         database = np.asarray(database)
@@ -124,15 +132,16 @@ class CoarseSearcher:
         self.max_group = 1 if self.groups is None or self.groups.size == 0 else int(
             np.bincount(self.groups[self.groups >= 0]).max(initial=1))
         self.params = params
+        self.positions = None if positions is None else np.asarray(positions, np.int64)
         if scann_searcher is not None:
             self.kind = "scann"
             self._scann = scann_searcher
-            if int(scann_searcher.size()) != self.count:
-                raise UserError(f"ScaNN searcher holds {scann_searcher.size()} vectors, the index "
-                                f"{self.count}")
+            want = self.count if self.positions is None else self.positions.size
+            if int(scann_searcher.size()) != want:
+                raise UserError(f"ScaNN searcher holds {scann_searcher.size()} vectors, the index {want}")
         else:
             self.kind = "exact"
-            self._exact = ExactSearcher(database, groups=self.groups)
+            self._exact = ExactSearcher(database, groups=self.groups, valid=valid)
 
     @classmethod
     def from_index(cls, index) -> "CoarseSearcher":
@@ -145,6 +154,28 @@ class CoarseSearcher:
                        params=ScannParams(**index.fingerprint["scann"]["params"]))
         return cls(index.arrays.global_img, groups=groups)
 
+    @classmethod
+    def region_from_index(cls, index, region: str) -> "CoarseSearcher":
+        """Searcher over one bone's region embeddings (items without that crop are never found):
+        the index's ScaNN searcher for that bone when it has one, else exact search."""
+        from wristmir_jax.retrieval.store import POSITIONS, SCANN_DIR
+        from wristmir_jax.schema import REGION_INDEX
+
+        r = REGION_INDEX[region]
+        a = index.arrays
+        groups = index.patient_codes()
+        info = index.region_scann(region)
+        if info is not None:
+            folder = os.path.join(index.path, f"{SCANN_DIR}_{region}")
+            pos = np.load(os.path.join(folder, POSITIONS), allow_pickle=False)
+            if pos.ndim != 1 or pos.size != info.get("count") or (pos.size and (
+                    pos.min() < 0 or pos.max() >= index.count)):
+                raise UserError("ScaNN positions do not match the index", path=folder)
+            s = load_scann(folder)  # reads only the files its assets list, not positions.npy
+            return cls(a.region_img[:, r], groups=groups, scann_searcher=s, positions=pos,
+                       params=ScannParams(**info["params"]))
+        return cls(a.region_img[:, r], groups=groups, valid=np.asarray(a.crop_mask[:, r]) > 0)
+
     def search(self, queries, k: int, *, query_groups=None) -> tuple[np.ndarray, np.ndarray]:
         """queries f[Q,D] -> (scores f32[Q,k], idx int32[Q,k]); idx -1 where fewer than k exist."""
         queries = np.ascontiguousarray(queries, np.float32)
@@ -154,12 +185,15 @@ class CoarseSearcher:
             raise UserError(f"query dimension {queries.shape[1]} does not match the index dimension {self.dim}")
         if self.kind == "exact":
             return self._exact.search(queries, k, query_groups=query_groups)
+        size = self.count if self.positions is None else self.positions.size
         extra = 0 if query_groups is None else self.max_group
-        kk = min(self.count, k + extra)
+        kk = min(size, k + extra)
         pre = max(self.params.reorder if self.params else 0, kk)
         idx, dist = self._scann.search_batched_parallel(queries, final_num_neighbors=kk,
                                                         pre_reorder_num_neighbors=pre)
         idx = np.asarray(idx, np.int64)
+        if self.positions is not None:
+            idx = np.where(idx >= 0, self.positions[np.clip(idx, 0, None)], -1)
         dist = np.asarray(dist, np.float32)
         out_s = np.full((queries.shape[0], k), -np.inf, np.float32)
         out_i = np.full((queries.shape[0], k), -1, np.int32)
@@ -171,3 +205,14 @@ class CoarseSearcher:
             out_i[q, :sel.size] = idx[q, sel]
             out_s[q, :sel.size] = dist[q, sel]
         return out_s, out_i
+
+
+def union_candidates(*lists: np.ndarray) -> np.ndarray:
+    """Candidate lists int[Q,K_i] (-1 = none) -> int32[Q, sum K_i]: their union per row, each
+    index once, -1 padding. The rerank scores every candidate, so order does not matter."""
+    cat = np.concatenate([np.asarray(c, np.int64) for c in lists], axis=1)
+    srt = np.sort(cat, axis=1)
+    dup = np.zeros_like(srt, bool)
+    dup[:, 1:] = srt[:, 1:] == srt[:, :-1]
+    srt[dup] = -1
+    return srt.astype(np.int32)

@@ -19,6 +19,7 @@ from wristmir_jax.errors import UserError
 from wristmir_jax.retrieval import store
 from wristmir_jax.retrieval.query import QueryEmbeddings
 from wristmir_jax.schema import REGION_INDEX
+from wristmir_jax.utils import fs
 from wristmir_jax.utils.log import get_logger
 from wristmir_jax.utils.progress import track
 
@@ -98,10 +99,11 @@ def embed_splits(workdir: str, data_dir: str, outputs: dict[str, str], *, dtype:
         raise UserError(f"--batch-size must be positive, got {batch_size}")
     if not outputs:
         raise UserError("no split to embed")
-    if len(set(map(os.path.abspath, outputs.values()))) < len(outputs):
+    if len(set(map(fs.absolute, outputs.values()))) < len(outputs):
         raise UserError("each split needs its own output folder")
     for out_dir in outputs.values():
-        if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
+        fs.check_bucket(fs.absolute(out_dir))
+        if fs.isdir(out_dir) and fs.listdir(out_dir) and not overwrite:
             raise UserError("directory exists and is not empty (pass --overwrite to replace it)",
                             path=out_dir)
     model, params, cfg = restore_for_inference(workdir)
@@ -177,10 +179,10 @@ def _embed_one(fn, params, mesh, text_cache, sha, cfg, workdir, data_dir, split,
     fp = None
     if full is not None:
         arrays = store.IndexArrays(**{k: full[k] for k in parts})
-        fp = store.write_index(out_dir, arrays, model={"params_sha256": sha, "workdir": os.path.abspath(workdir)},
+        fp = store.write_index(out_dir, arrays, model={"params_sha256": sha, "workdir": fs.absolute(workdir)},
                                config=cfg.model, split=split, overwrite=overwrite,
                                build_scann=build_scann, scann_params=scann_params,
-                               extra={"data_dir": os.path.abspath(data_dir),
+                               extra={"data_dir": fs.absolute(data_dir),
                                       "embed_s": round(elapsed, 2)})
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -204,7 +206,7 @@ class QueryModel:
 
         fp = index.fingerprint
         workdir = workdir or fp["model"].get("workdir")
-        if not workdir or not os.path.isdir(workdir):
+        if not workdir or not fs.isdir(workdir):
             raise UserError("the index's model workdir is not available; pass --workdir", path=workdir or index.path)
         self.model, params, self.cfg = restore_for_inference(workdir)
         store.check_compatible(fp, index.path, params_sha256=params_sha256(params),
@@ -213,7 +215,7 @@ class QueryModel:
         self.data_dir = data_dir or fp.get("data_dir")
         self.meta: dict[str, Any] = {}
         self._tok = None
-        if self.data_dir and os.path.isdir(self.data_dir):
+        if self.data_dir and fs.isdir(self.data_dir):
             from wristmir_jax.data.source import read_meta
 
             self.meta = read_meta(self.data_dir)
@@ -226,12 +228,12 @@ class QueryModel:
     @property
     def tokenizer(self):
         if self._tok is None:
-            if not self.data_dir or not os.path.isdir(self.data_dir):
+            if not self.data_dir or not fs.isdir(self.data_dir):
                 raise UserError("text queries need the dataset's tokenizer; pass --data DATA_DIR",
                                 path=self.data_dir or None)
             from wristmir_jax.data.tokenizer import load
 
-            self._tok = load(self.data_dir)
+            self._tok = load(fs.local_dir(self.data_dir))
         return self._tok
 
     def encode_text(self, text: str, region: str | None = None) -> np.ndarray:
@@ -263,7 +265,7 @@ class QueryModel:
         min_score = float(self.meta.get("min_box_score", 0.5))
         boxes, scores = {}, {}
         if localizer:
-            from wristmir_jax.imaging.localizer import Localizer
+            from wristmir_jax.localize.localizer import Localizer
 
             pred = Localizer.load(localizer, batch_size=1).predict([img], [laterality])[0]
             boxes, scores = pred["boxes"], pred["scores"]

@@ -1,5 +1,6 @@
-"""Queries against an index: image->image (global-only, region-only or two-stage: coarse global
-top-K, then the region reranker), text->image (free text against global image embeddings, a
+"""Queries against an index: image->image (global-only, region-only, two-stage: coarse top-K from
+the global searcher and the searcher of each bone the condition weights, merged, then the region
+reranker; exhaustive: the reranker over every item, the reference the two-stage search approximates), text->image (free text against global image embeddings, a
 region caption against that region's image embeddings), and image->report (against the
 database's report text embeddings). Same-patient results are excluded by default.
 
@@ -13,14 +14,14 @@ import dataclasses
 import numpy as np
 
 from wristmir_jax.errors import UserError
-from wristmir_jax.retrieval.coarse import CoarseSearcher
+from wristmir_jax.retrieval.coarse import CoarseSearcher, union_candidates
 from wristmir_jax.retrieval.exact import ExactSearcher
 from wristmir_jax.retrieval.rerank import (Reranker, RerankSettings, condition_weights,
                                            parse_condition)
 from wristmir_jax.retrieval.store import Index
 from wristmir_jax.schema import NUM_REGIONS, REGION_INDEX
 
-METHODS = ("global", "region", "two_stage")
+METHODS = ("global", "region", "two_stage", "exhaustive")
 
 
 @dataclasses.dataclass
@@ -56,6 +57,7 @@ class Retriever:
         a = index.arrays
         self.reranker = Reranker(a.global_img, a.region_img, a.crop_mask)
         self._exact: dict[str, ExactSearcher] = {}
+        self._region_coarse: dict[int, CoarseSearcher] = {}
 
     # -- helpers ---------------------------------------------------------------------------------
     def _searcher(self, name: str) -> ExactSearcher:
@@ -69,6 +71,33 @@ class Retriever:
                                                   valid=a.crop_mask[:, r] > 0)
         return self._exact[name]
 
+    def region_coarse(self, r: int) -> CoarseSearcher:
+        """The coarse searcher over region r's embeddings (ScaNN when the index has one)."""
+        if r not in self._region_coarse:
+            from wristmir_jax.schema import REGIONS
+
+            self._region_coarse[r] = CoarseSearcher.region_from_index(self.index, REGIONS[r])
+        return self._region_coarse[r]
+
+    def coarse_candidates(self, q: "QueryEmbeddings", w: np.ndarray, kc: int, groups) -> np.ndarray:
+        """int32[Q, <= kc * (1 + bones)] candidates: the global top-kc, united (when
+        settings.coarse_union) with the top-kc of each weighted bone's region searcher for the
+        queries that have that crop."""
+        _, cand = self.coarse.search(q.global_, kc, query_groups=groups)
+        if not self.settings.coarse_union:
+            return cand
+        lists = [cand]
+        for r in np.flatnonzero(np.asarray(w) > 0).tolist():
+            has = q.crop_mask[:, r] > 0
+            if not has.any():
+                continue
+            ci = np.full((q.global_.shape[0], kc), -1, np.int32)
+            _, found = self.region_coarse(r).search(
+                q.region[has, r], kc, query_groups=None if groups is None else np.asarray(groups)[has])
+            ci[has] = found
+            lists.append(ci)
+        return union_candidates(*lists) if len(lists) > 1 else cand
+
     def from_index_items(self, positions) -> QueryEmbeddings:
         """Queries that are items of this index (their own patient is excluded)."""
         pos = np.atleast_1d(np.asarray(positions))
@@ -81,8 +110,9 @@ class Retriever:
         """(scores f32[Q,k], idx int32[Q,k]) best first; idx -1 where fewer than k exist.
 
         method "global": global similarity only; "region": the condition's region similarity only
-        (several regions: their weighted mean, masks renormalised); "two_stage": coarse global
-        top-K (settings.coarse_k) reranked with alpha and the condition's weights.
+        (several regions: their weighted mean, masks renormalised); "two_stage": coarse top-K
+        (settings.coarse_k per searcher: global + each weighted bone) reranked with alpha and the
+        condition's weights; "exhaustive": that rerank over every database item.
         """
         k = _check_k(k)
         if method not in METHODS:
@@ -94,8 +124,10 @@ class Retriever:
         if method == "region":
             return self.region_only(q, names, k, groups)
         alpha, w = condition_weights(names, self.settings)
-        kc = max(k, self.settings.coarse_k)
-        _, cand = self.coarse.search(q.global_, kc, query_groups=groups)
+        if method == "exhaustive":
+            return self.rerank_all(q, alpha, w, k, groups)
+        kc = min(max(k, self.settings.coarse_k), self.index.count)
+        cand = self.coarse_candidates(q, w, kc, groups)
         return self.reranker({"global": q.global_, "region": q.region, "crop_mask": q.crop_mask},
                              cand, alpha, w, k)
 
@@ -113,6 +145,11 @@ class Retriever:
                 s[missing], i[missing] = gs, gi
             return s, i
         _, w = condition_weights(names, self.settings)
+        return self.rerank_all(q, 0.0, w, k, groups)
+
+    def rerank_all(self, q: QueryEmbeddings, alpha: float, w: np.ndarray, k: int,
+                   groups) -> tuple[np.ndarray, np.ndarray]:
+        """The reranker with (alpha, w) over every database item (other patients only)."""
         n = self.index.count
         out_s, out_i = [], []
         for start in range(0, q.global_.shape[0], 64):
@@ -122,7 +159,7 @@ class Retriever:
                 g = groups[sl]
                 cand[(self.codes[None, :] == g[:, None]) & (g[:, None] >= 0)] = -1
             s, i = self.reranker({"global": q.global_[sl], "region": q.region[sl],
-                                  "crop_mask": q.crop_mask[sl]}, cand, 0.0, w, k)
+                                  "crop_mask": q.crop_mask[sl]}, cand, alpha, w, k)
             out_s.append(s)
             out_i.append(i)
         return np.concatenate(out_s), np.concatenate(out_i)
@@ -139,6 +176,20 @@ class Retriever:
         if len(names) != 1:
             raise UserError("a text query can name one region at most")
         return self._searcher(f"region:{REGION_INDEX[names[0]]}").search(t, k)
+
+    def text_to_image_conditioned(self, global_t, region_t, bones, *, k: int = 10,
+                                  method: str = "two_stage") -> tuple[np.ndarray, np.ndarray]:
+        """A free-text query about `bones` (e.g. from reports.anatomy): its global text embedding
+        f[Q,D] and its region-caption embeddings f[Q,3,D] (rows of the named bones used) searched
+        like an image query conditioned on those bones (same coarse union, rerank and weights),
+        against the image embeddings of the shared space. No patient is excluded."""
+        names = parse_condition(bones)
+        g = np.atleast_2d(np.asarray(global_t, np.float32))
+        mask = np.zeros((g.shape[0], NUM_REGIONS), np.float32)
+        for n in names:
+            mask[:, REGION_INDEX[n]] = 1.0
+        q = QueryEmbeddings(g, region_t, mask, None)
+        return self.image_to_image(q, region=list(names), k=k, method=method, exclude_same_patient=False)
 
     def image_to_report(self, q: QueryEmbeddings, *, k: int = 10,
                         exclude_same_patient: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -11,19 +11,25 @@ available regions, so candidates with and without a crop stay on one scale; with
 
 The query's region condition chooses w (`condition_weights`): one bone (one-hot), several, or
 all (the configured per-region weights). alpha and the base weights come from the config
-(`settings(cfg)`: cfg.retrieval.{alpha, region_weights, coarse_k} when present).
+(`settings(cfg)`: cfg.retrieval.{alpha, region_weights, coarse_k, region_alpha, coarse_union}
+when present; `run_config` finds that config for an index: the training config of the workdir it
+was embedded from).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
 from typing import Any, Iterable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from wristmir_jax.config import apply_overrides, load_config
 from wristmir_jax.errors import UserError
 from wristmir_jax.schema import NUM_REGIONS, REGION_INDEX, REGIONS
 
@@ -35,6 +41,8 @@ class RerankSettings:
     coarse_k: int = 200
     # alpha used when a specific bone is asked for: the bone dominates, the global view breaks ties
     region_alpha: float = 0.25
+    # draw two-stage candidates from each weighted bone's region searcher too (coarse.py)
+    coarse_union: bool = True
 
 
 def settings(cfg: Any = None) -> RerankSettings:
@@ -57,6 +65,25 @@ def settings(cfg: Any = None) -> RerankSettings:
     if len(s.region_weights) != NUM_REGIONS or min(s.region_weights) < 0 or s.alpha < 0:
         raise UserError("config retrieval: region_weights needs 3 non-negative numbers and alpha >= 0")
     return s
+
+
+def run_config(index_fingerprint: dict, config_path: str | None = None,
+               overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+    """The config whose `retrieval` section `search` and `evaluate` use: `config_path` when
+    given, else the config.json of the workdir the index was embedded from (its training
+    config), else only the defaults; then `--config.*` overrides (e.g. retrieval.alpha)."""
+    if config_path:
+        return load_config(config_path, overrides)
+    workdir = (index_fingerprint.get("model") or {}).get("workdir")
+    path = os.path.join(workdir, "config.json") if workdir else None
+    cfg = ml_collections.ConfigDict()
+    if path and os.path.exists(path):
+        with open(path) as f:
+            cfg = ml_collections.ConfigDict(json.load(f))
+    if "retrieval" not in cfg:
+        cfg.retrieval = ml_collections.ConfigDict({**dataclasses.asdict(RerankSettings()),
+                                                   "knn_k": 10})
+    return apply_overrides(cfg, overrides)
 
 
 def parse_condition(condition: str | Iterable[str] | None) -> tuple[str, ...]:

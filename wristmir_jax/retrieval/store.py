@@ -3,7 +3,8 @@ the model and config that made them, and (for large databases) a serialised ScaN
 
 Layout of INDEX_DIR:
   fingerprint.json     format/version, model params SHA-256, config SHA-256, dim, dtype, count,
-                       split, and for every file below its shape, dtype and byte size
+                       split, and for every file below its shape, dtype, byte size and SHA-256
+  .verified.json       cache of content checks: per file (inode, size, mtime, ctime) -> SHA-256
   global_img.npy       [N, D]      float16|float32  global image embeddings (L2-normalised)
   region_img.npy       [N, 3, D]   float16|float32  region image embeddings (schema.REGIONS order)
   crop_mask.npy        [N, 3]      float32          1 where the region crop exists
@@ -16,11 +17,20 @@ Layout of INDEX_DIR:
   images.npy           [N]         unicode          where the image is: "split/position" in the
                                                     fingerprint's data_dir, or a file path
   scann/               ScaNN searcher over global_img (only when N >= the exact-search limit)
+  scann_<region>/      ScaNN searcher over region_img[:, r] of the items that have that crop, with
+                       positions.npy (int32 index positions of its rows); built with scann/, so a
+                       bone-conditioned query draws coarse candidates from both (coarse.py)
 
 Everything is loaded with np.load(allow_pickle=False). Loading checks every file against the
-fingerprint (exists, byte size, shape, dtype, count) and, when the caller knows which model it
-holds, the model and config hashes and the dimension: a mismatch is a one-line UserError, never a
-wrong answer.
+fingerprint (exists, byte size, shape, dtype, count, then content SHA-256) and, when the caller
+knows which model it holds, the model and config hashes and the dimension: a mismatch is a one-line
+UserError, never a wrong answer. Content digests are streamed once per file state and cached in
+.verified.json keyed by (inode, size, mtime, ctime): a rewrite, a swap (rename changes ctime and
+inode) or a copy elsewhere is hashed again; an unchanged index is checked with one stat per file.
+
+INDEX_DIR may be a URL (gs://...): it is written locally and uploaded with fingerprint.json last
+(utils.fs.atomic_output_dir), and read from a local copy (utils.fs.local_dir) so that the arrays
+can be memory-mapped and ScaNN can load its searcher.
 """
 
 from __future__ import annotations
@@ -35,12 +45,15 @@ import numpy as np
 
 from wristmir_jax.errors import UserError
 from wristmir_jax.schema import NUM_REGIONS, RECORD_LEN, REGIONS
+from wristmir_jax.utils import fs
 from wristmir_jax.utils.fs import atomic_output_dir, atomic_write
 
 FORMAT = "wristmir-index"
-VERSION = 1
+VERSION = 2  # 2: per-file content SHA-256
 FINGERPRINT = "fingerprint.json"
+VERIFIED_CACHE = ".verified.json"
 SCANN_DIR = "scann"
+POSITIONS = "positions.npy"
 EMBEDDING_DTYPES = ("float16", "float32")
 
 # name -> (rank, dtype or None for the embedding dtype)
@@ -133,6 +146,10 @@ class Index:
     def has_scann(self) -> bool:
         return self.fingerprint.get("scann") is not None
 
+    def region_scann(self, region: str) -> dict[str, Any] | None:
+        """The fingerprint entry of a region's ScaNN searcher (None: none was built)."""
+        return (self.fingerprint.get("scann_regions") or {}).get(region)
+
     def position(self, item_id: str) -> int:
         hits = np.flatnonzero(self.arrays.ids == item_id)
         if hits.size == 0:
@@ -178,7 +195,7 @@ def write_index(out_dir: str, arrays: IndexArrays, *, model: dict[str, Any], con
         raise UserError(f"embedding dtype {dtype} not in {EMBEDDING_DTYPES}", path=out_dir)
     if build_scann is None:
         build_scann = arrays.count >= coarse.EXACT_SEARCH_LIMIT
-    with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
+    with atomic_output_dir(out_dir, overwrite=overwrite, last=(FINGERPRINT,)) as tmp:
         files = {}
         for name, (_, kind) in _FILES.items():
             a = np.ascontiguousarray(getattr(arrays, name))
@@ -189,10 +206,12 @@ def write_index(out_dir: str, arrays: IndexArrays, *, model: dict[str, Any], con
             elif a.dtype.kind != "U":
                 a = a.astype(str)
             fn = os.path.join(tmp, name + ".npy")
-            np.save(fn, a, allow_pickle=False)
+            with open(fn, "wb") as raw:
+                w = _HashingWriter(raw)
+                np.save(w, a, allow_pickle=False)
             files[name + ".npy"] = {"shape": list(a.shape), "dtype": _dtype_name(a),
-                                    "bytes": os.path.getsize(fn)}
-        scann_info = None
+                                    "bytes": os.path.getsize(fn), "sha256": w.hexdigest()}
+        scann_info = region_info = None
         if build_scann:
             params = coarse.params_for_size(arrays.count, arrays.dim, scann_params)
             searcher, build_s = coarse.build_scann(np.asarray(arrays.global_img, np.float32), params)
@@ -200,17 +219,139 @@ def write_index(out_dir: str, arrays: IndexArrays, *, model: dict[str, Any], con
             coarse.save_scann(searcher, sdir)
             scann_info = {"params": dataclasses.asdict(params), "build_s": round(build_s, 3),
                           "files": {f: os.path.getsize(os.path.join(sdir, f))
-                                    for f in sorted(os.listdir(sdir))}}
+                                    for f in sorted(os.listdir(sdir))},
+                          "sha256": {f: file_sha256(os.path.join(sdir, f))
+                                     for f in sorted(os.listdir(sdir))}}
+            region_info = {}
+            for r_i, region in enumerate(REGIONS):
+                pos = np.flatnonzero(np.asarray(arrays.crop_mask[:, r_i]) > 0).astype(np.int32)
+                if pos.size < 2:
+                    continue
+                rp = coarse.params_for_size(int(pos.size), arrays.dim, scann_params)
+                rs, r_build = coarse.build_scann(np.asarray(arrays.region_img[pos, r_i], np.float32), rp)
+                rdir = os.path.join(tmp, f"{SCANN_DIR}_{region}")
+                coarse.save_scann(rs, rdir)
+                np.save(os.path.join(rdir, POSITIONS), pos, allow_pickle=False)
+                region_info[region] = {"params": dataclasses.asdict(rp), "build_s": round(r_build, 3),
+                                       "count": int(pos.size),
+                                       "files": {f: os.path.getsize(os.path.join(rdir, f))
+                                                 for f in sorted(os.listdir(rdir))},
+                                       "sha256": {f: file_sha256(os.path.join(rdir, f))
+                                                  for f in sorted(os.listdir(rdir))}}
         fp = {
             "format": FORMAT, "version": VERSION,
             "model": dict(model), "config_sha256": config_hash(config),
             "dim": arrays.dim, "dtype": dtype, "count": arrays.count, "split": split,
             "regions": list(REGIONS), "record_len": RECORD_LEN,
-            "files": files, "scann": scann_info, **(extra or {}),
+            "files": files, "scann": scann_info, "scann_regions": region_info, **(extra or {}),
         }
         with atomic_write(os.path.join(tmp, FINGERPRINT)) as f:
             json.dump(fp, f, indent=2, sort_keys=True)
+        # the files were hashed as written: record them as verified (renaming the folder keeps
+        # each file's inode and ctime)
+        _save_verified(tmp, {rel: _stat_key(os.path.join(tmp, rel)) | {"sha256": d}
+                             for rel, d in _expected_digests(fp).items()})
     return fp
+
+
+# --- content digests ---------------------------------------------------------------------
+class _HashingWriter:
+    """A write-only file object that hashes what passes through (np.save writes the header and
+    the data through it, so the digest is the file's without reading it back)."""
+
+    def __init__(self, f):
+        self._f, self._h = f, hashlib.sha256()
+
+    def write(self, b) -> int:
+        mv = memoryview(b).cast("B")
+        self._h.update(mv)
+        return self._f.write(mv)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def file_sha256(path: str, chunk: int = 8 << 20) -> str:
+    """Streamed SHA-256 of a file (8 MiB reads into one reused buffer)."""
+    h = hashlib.sha256()
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def _stat_key(path: str) -> dict[str, int]:
+    st = os.stat(path)
+    return {"ino": st.st_ino, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "ctime_ns": st.st_ctime_ns}
+
+
+def _expected_digests(fp: dict[str, Any]) -> dict[str, str]:
+    """{relative path: sha256} of every file the fingerprint lists."""
+    out = {fn: meta.get("sha256") for fn, meta in fp["files"].items()}
+    if fp.get("scann") is not None:
+        out.update({f"{SCANN_DIR}/{f}": d for f, d in (fp["scann"].get("sha256") or {}).items()})
+    for region, info in (fp.get("scann_regions") or {}).items():
+        out.update({f"{SCANN_DIR}_{region}/{f}": d for f, d in (info.get("sha256") or {}).items()})
+    return out
+
+
+def _load_verified(index_dir: str) -> dict[str, Any]:
+    try:
+        with open(os.path.join(index_dir, VERIFIED_CACHE), encoding="utf-8") as f:
+            out = json.load(f)
+        return out if isinstance(out, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_verified(index_dir: str, entries: dict[str, Any]) -> None:
+    try:  # a read-only index is verified every time, never refused
+        with atomic_write(os.path.join(index_dir, VERIFIED_CACHE)) as f:
+            json.dump(entries, f, sort_keys=True)
+    except (OSError, UserError):
+        pass
+
+
+def verify_digests(index_dir: str, fp: dict[str, Any], *, use_cache: bool = True) -> dict[str, Any]:
+    """Checks every listed file's SHA-256 against the fingerprint (UserError naming the first
+    file that differs). A file whose (inode, size, mtime, ctime) matches the cache entry of a
+    previous successful check is not read again. Returns {"hashed": n, "cached": n, "bytes": n}."""
+    want = _expected_digests(fp)
+    missing = sorted(rel for rel, d in want.items() if not d)
+    if missing:
+        raise UserError(f"fingerprint has no content digest for {missing[0]}; re-run `wristmir embed`",
+                        path=index_dir)
+    cache = _load_verified(index_dir) if use_cache else {}
+    fresh: dict[str, Any] = {}
+    stats = {"hashed": 0, "cached": 0, "bytes": 0}
+    for rel, digest in sorted(want.items()):
+        path = os.path.join(index_dir, rel)
+        key = _stat_key(path)
+        hit = cache.get(rel)
+        if hit and hit.get("sha256") == digest and all(hit.get(k) == v for k, v in key.items()):
+            fresh[rel] = hit
+            stats["cached"] += 1
+            continue
+        got = file_sha256(path)
+        stats["hashed"] += 1
+        stats["bytes"] += key["size"]
+        if got != digest:
+            raise UserError(f"index file content differs from the fingerprint (sha256 {got[:12]}, "
+                            f"expected {digest[:12]}): damaged or replaced; re-run `wristmir embed`",
+                            path=path)
+        fresh[rel] = key | {"sha256": got}
+    if use_cache and fresh != cache:
+        _save_verified(index_dir, fresh)
+    return stats
 
 
 def read_fingerprint(index_dir: str) -> dict[str, Any]:
@@ -252,9 +393,14 @@ def check_compatible(fp: dict[str, Any], index_dir: str, *, params_sha256: str |
 
 
 def load_index(index_dir: str, *, params_sha256: str | None = None, config: Any = None,
-               dim: int | None = None, mmap: bool = True) -> Index:
-    """Loads and checks INDEX_DIR (see the module docstring); UserError on any mismatch."""
+               dim: int | None = None, mmap: bool = True, verify: bool = True) -> Index:
+    """Loads and checks INDEX_DIR (see the module docstring); UserError on any mismatch.
+    verify=False skips only the content digests (benchmarks of the load itself)."""
     index_dir = os.fspath(index_dir)
+    if fs.is_url(index_dir):
+        if not fs.exists(fs.join(index_dir, FINGERPRINT)):
+            raise UserError(f"not an index (no {FINGERPRINT})", path=index_dir)
+        index_dir = fs.local_dir(index_dir)
     fp = read_fingerprint(index_dir)
     check_compatible(fp, index_dir, params_sha256=params_sha256, config=config, dim=dim)
     n, d, dtype = int(fp["count"]), int(fp["dim"]), fp["dtype"]
@@ -289,18 +435,31 @@ def load_index(index_dir: str, *, params_sha256: str | None = None, config: Any 
         loaded[name] = a
     arrays = IndexArrays(**loaded)
     if fp.get("scann") is not None:
-        sdir = os.path.join(index_dir, SCANN_DIR)
-        for f, size in fp["scann"]["files"].items():
-            p = os.path.join(sdir, f)
-            if not os.path.exists(p):
-                raise UserError("ScaNN searcher file missing", path=p)
-            if os.path.getsize(p) != size:
-                raise UserError(f"ScaNN searcher file is {os.path.getsize(p)} bytes, the fingerprint "
-                                f"says {size} (truncated or replaced)", path=p)
-        extra = sorted(set(os.listdir(sdir)) - set(fp["scann"]["files"]))
-        if extra:
-            raise UserError(f"unexpected file {extra[0]} in the ScaNN searcher folder", path=sdir)
+        _check_scann_dir(os.path.join(index_dir, SCANN_DIR), fp["scann"])
+    for region, info in (fp.get("scann_regions") or {}).items():
+        if region not in REGIONS:
+            raise UserError(f"fingerprint lists a ScaNN searcher for unknown region {region!r}",
+                            path=index_dir)
+        _check_scann_dir(os.path.join(index_dir, f"{SCANN_DIR}_{region}"), info)
+    if verify:
+        verify_digests(index_dir, fp)
     return Index(path=index_dir, arrays=arrays, fingerprint=fp)
+
+
+def _check_scann_dir(sdir: str, info: dict[str, Any]) -> None:
+    """Every file the fingerprint lists exists with its size, and nothing else is there."""
+    if not os.path.isdir(sdir):
+        raise UserError("ScaNN searcher folder missing", path=sdir)
+    for f, size in info["files"].items():
+        p = os.path.join(sdir, f)
+        if not os.path.exists(p):
+            raise UserError("ScaNN searcher file missing", path=p)
+        if os.path.getsize(p) != size:
+            raise UserError(f"ScaNN searcher file is {os.path.getsize(p)} bytes, the fingerprint "
+                            f"says {size} (truncated or replaced)", path=p)
+    extra = sorted(set(os.listdir(sdir)) - set(info["files"]))
+    if extra:
+        raise UserError(f"unexpected file {extra[0]} in the ScaNN searcher folder", path=sdir)
 
 
 def index_bytes(index_dir: str, names: tuple[str, ...] | None = None) -> int:

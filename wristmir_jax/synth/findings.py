@@ -54,7 +54,9 @@ REGION_PATTERNS: dict[str, tuple[tuple[str | None, float], ...]] = {
     "distal_radius": (("buckle", 0.50), ("greenstick", 0.15), ("complete", 0.15), ("salter_harris", 0.20)),
     "distal_ulna": (("buckle", 0.30), ("greenstick", 0.20), ("complete", 0.20), ("salter_harris", 0.12),
                     ("plastic_bowing", 0.18)),
-    "ulnar_styloid": (("avulsion", 0.70), (None, 0.30)),
+    # The AO pediatric classification codes every ulnar styloid fracture as an avulsion
+    # (..u-E/7, ..u-M/7); reports often just say "ulnar styloid fracture".
+    "ulnar_styloid": (("avulsion", 1.0),),
 }
 SH_GRADES = ((1, 0.15), (2, 0.65), (3, 0.08), (4, 0.10), (5, 0.02))
 # Share of the cohort (ages 2-17, gamma-distributed around 9.5 y) whose ulnar styloid has ossified.
@@ -109,6 +111,8 @@ def sample_region(rng: np.random.Generator, region: str, age: float, physis_open
         r["fracture"] = "uncertain"
         if region == "distal_radius" and rng.random() < 0.6:
             r["pattern"] = "buckle"
+        elif region == "ulnar_styloid":
+            r["pattern"] = "avulsion"
         return r
     r["fracture"] = "present"
     p = _region_pattern(rng, region, age, physis_open, ulna_epi)
@@ -193,7 +197,7 @@ def sample_study_findings(rng: np.random.Generator, prev: Prevalence, age: float
     uncertain_region = None
     if chosen and rng.random() < prev.uncertain / max(1e-6, 1 - prev.normal):
         uncertain_region = chosen[int(rng.integers(len(chosen)))]
-    elif normal and rng.random() < 2 * prev.uncertain:
+    elif normal and not hardware and rng.random() < 2 * prev.uncertain:
         uncertain_region = str(rng.choice(["distal_radius", "distal_ulna"]))
         chosen = [uncertain_region]
     geometry = {}
@@ -243,6 +247,10 @@ def follow_up_findings(rng: np.random.Generator, first: dict[str, Any]) -> dict[
     g = dict(first["global"])
     g["soft_tissue_swelling"] = False
     g["cast"] = bool(g["cast"] or rng.random() < 0.2)
+    # K-wires come out at 3-6 weeks: half the follow-ups of pinned fractures show only pin tracts.
+    hardware_removed = bool(g["hardware"] and rng.random() < 0.5)
+    if hardware_removed:
+        g["hardware"] = False
     geometry = {}
     for n, r in regions.items():
         if r["fracture"] != "absent":
@@ -252,7 +260,8 @@ def follow_up_findings(rng: np.random.Generator, first: dict[str, Any]) -> dict[
             geometry[n] = geo
     validate_findings(regions, g)
     return {"regions": regions, "global": g, "geometry": geometry, "other": first["other"],
-            "swelling_side": first["swelling_side"], "cast_type": first["cast_type"]}
+            "swelling_side": first["swelling_side"], "cast_type": first["cast_type"],
+            "hardware_removed": hardware_removed}
 
 
 def plan_dataset(seed: int, n_images: int, prevalence: Prevalence | dict | None = None) -> list[dict]:

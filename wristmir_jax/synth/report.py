@@ -2,10 +2,14 @@
 
 A report is composed from parts with a seeded Generator: sections present or absent and in
 varying order, synonyms (torus/buckle, SH II/Salter-Harris 2), negations in many forms, hedges
-for uncertain findings, history lines that raise fracture questions on normal studies,
-comparison lines, measurements and occasional typos in filler words. The contract: the report
-states every finding gold holds and none that it does not. History/indication lines are always
-labelled so a reader can set them apart from findings.
+for uncertain findings (before, after and around the finding), history lines that raise fracture
+questions on normal studies or name old healed fractures, comparison lines, measurements and
+occasional typos in filler words. Real reports' traps are written too: old remodelled fractures
+in the findings, recommendations and plans (a recommended splint is not a cast in place),
+removed K-wires with pin tracts (no hardware now), ulnar styloid fractures without the word
+"avulsion", and a side given only as a letter in the indication ("L wrist"). The contract: the
+report states every finding gold holds and none that it does not. History/indication lines are
+always labelled so a reader can set them apart from findings.
 """
 
 from __future__ import annotations
@@ -47,6 +51,26 @@ QUESTIONS = ("r/o fracture", "?fracture", "evaluate for fracture", "query buckle
              "assess for distal radius fracture", "concern for growth plate injury",
              "?scaphoid fracture", "exclude fracture", "fracture?", "rule out Salter-Harris injury",
              "clinically suspected torus fracture")
+OLD_FRACTURE_HISTORY = ("previous distal radius fracture {y} years ago", "history of healed buckle fracture age {a}",
+                        "old ulnar styloid fracture", "distal forearm fracture treated in a cast {y} years ago",
+                        "remote wrist fracture, healed")
+REMOTE_FINDING = {
+    "distal_radius": ("Old healed fracture of the distal radius, fully remodeled.",
+                      "Healed and remodeled deformity of the distal radius from a remote injury.",
+                      "Remote distal radius fracture has completely healed and remodeled."),
+    "distal_ulna": ("Old healed fracture of the distal ulna, fully remodeled.",
+                    "Remote healed and remodeled fracture of the distal ulna."),
+}
+PLANS_FRACTURE = ("Recommend splint immobilization and fracture clinic follow-up.",
+                  "Suggest cast immobilization for 3-4 weeks.",
+                  "Recommend orthopedic referral.",
+                  "Removable wrist splint is recommended.")
+PLANS_NORMAL = ("If clinical concern for an occult fracture persists, consider a splint and repeat radiographs in 10-14 days.",
+                "Recommend thumb spica splint if snuffbox tenderness persists.",
+                "Suggest splint for comfort and clinical review.")
+HARDWARE_REMOVED = ("The K-wires have been removed; pin tracts are seen in the distal radius.",
+                    "Interval removal of the Kirschner wires with residual pin tracts.",
+                    "Hardware has been removed. Pin tracts remain visible.")
 FOLLOW_HISTORY = ("follow-up of known fracture", "cast check", "interval follow-up",
                   "follow up wrist fracture", "{w} weeks post injury, review healing",
                   "known fracture, routine follow-up")
@@ -83,7 +107,13 @@ def _history(rng: np.random.Generator, study: dict) -> str:
             parts.append(_pick(rng, SYMPTOMS))
         if rng.random() < 0.75 or not parts:
             parts.append(_pick(rng, QUESTIONS))
+        if rng.random() < 0.12:
+            parts.append(_pick(rng, OLD_FRACTURE_HISTORY).format(y=int(rng.integers(1, 4)),
+                                                                  a=max(2, int(age) - int(rng.integers(1, 4)))))
         line = _pick(rng, (", ", ". ", "; ")).join(parts)
+    if study.get("side_letter"):
+        line = _pick(rng, (f"{study['side_letter']} wrist pain", f"{study['side_letter']} arm injury",
+                           f"{study['side_letter']} wrist")) + ", " + line[:1].lower() + line[1:]
     if rng.random() < 0.5:
         line = _pick(rng, (f"{int(age)}-year-old, ", f"{int(age)}yo ", f"{int(age)} y/o child, ",
                            "Child, ")) + line
@@ -134,7 +164,9 @@ def _pattern_noun(rng: np.random.Generator, region: str, r: dict) -> str:
                            f"SH {ROMAN[g]} fracture", f"SH{g} fracture",
                            f"Salter Harris {ROMAN[g]} injury", f"Salter-Harris {ROMAN[g]} physeal fracture"))
     if p == "avulsion":
-        return _pick(rng, ("avulsion fracture", "small avulsion fracture", "avulsion-type fracture"))
+        # Reports often leave the pattern implicit: "fracture of the ulnar styloid".
+        return _pick(rng, ("avulsion fracture", "small avulsion fracture", "avulsion-type fracture",
+                           "fracture", "fracture"))
     if p == "plastic_bowing":
         return _pick(rng, ("plastic bowing deformity", "plastic bowing fracture",
                            "bowing deformity (plastic deformation)"))
@@ -232,6 +264,11 @@ def region_sentence(rng: np.random.Generator, region: str, r: dict, geo: dict, b
             f"Cannot exclude a {subtle}{noun} {loc}.",
             f"Findings are suspicious for a {subtle}{noun} {loc}.",
             f"Equivocal lucency {loc}, possibly a {noun}.",
+            # Hedges after and around the finding.
+            f"{_cap(noun)} {loc}, questionable.",
+            f"Cortical irregularity {loc}, questionable, possibly representing a {subtle}{noun}.",
+            f"A {subtle}{noun} {loc} cannot be excluded.",
+            f"{_cap(subtle + noun)} {loc} is suspected but not definite.",
         ))
         if not brief and rng.random() < 0.6:
             hedged += " " + _pick(rng, ("Recommend follow-up radiographs in 7-10 days if symptoms persist.",
@@ -307,6 +344,8 @@ def _findings_sentences(rng: np.random.Generator, study: dict, side: str) -> lis
                                "Percutaneous Kirschner wires cross the distal radial fracture.",
                                "K-wire fixation of the distal radius is noted.",
                                "Smooth pins are seen traversing the distal radius (hardware in situ).")))
+    if f.get("hardware_removed"):
+        out.append(_pick(rng, HARDWARE_REMOVED))
     for n in order:
         out.append(region_sentence(rng, n, regions[n], geo.get(n, {})))
     if f["other"] is not None:
@@ -326,6 +365,9 @@ def _findings_sentences(rng: np.random.Generator, study: dict, side: str) -> lis
         else:
             for n in negatives:
                 out.append(_pick(rng, NEGATIVE_REGION[n]))
+    remote = [n for n in ("distal_radius", "distal_ulna") if regions[n]["fracture"] == "absent"]
+    if remote and not study["follow_up"] and rng.random() < 0.07:
+        out.append(_pick(rng, REMOTE_FINDING[_pick(rng, remote)]))
     physeal = any(regions[n]["pattern"] == "salter_harris" for n in positive)
     if rng.random() < 0.5:
         if physeal:
@@ -372,6 +414,8 @@ def _impression(rng: np.random.Generator, study: dict, side: str, complete: bool
         out.append(_pick(rng, ("Cast in place.", "In cast.")))
     if g["soft_tissue_swelling"] and (complete or rng.random() < 0.4):
         out.append("Soft tissue swelling.")
+    if not g["cast"] and rng.random() < 0.2:
+        out.append(_pick(rng, PLANS_FRACTURE if positive else PLANS_NORMAL))
     return out
 
 
@@ -389,15 +433,19 @@ def compose_report(rng: np.random.Generator, study: dict) -> str:
     views = [v for v, _ in study["views"]]
     sections: list[tuple[str, str]] = []
     upper = rng.random() < 0.3
-    if rng.random() < 0.85:
+    # Some departments give the side only as a letter in the indication ("L wrist pain").
+    side_letter = rng.random() < 0.08
+    if side_letter:
+        study = dict(study, side_letter=side[0].upper())
+    if side_letter or rng.random() < 0.85:
         sections.append(("history", _pick(rng, HISTORY_HEADERS) + " " + _history(rng, study)))
     technique = _views_phrase(rng, views, side)
-    has_technique = rng.random() < 0.7
+    has_technique = not side_letter and rng.random() < 0.7
     findings = _findings_sentences(rng, study, side)
     use_findings = rng.random() < 0.9
     impression = _impression(rng, study, side, complete=not use_findings)
     use_impression = (not use_findings) or rng.random() < 0.85
-    if not has_technique:
+    if not has_technique and not side_letter:
         # Laterality must be stated somewhere: an exam title line.
         sections.insert(0, ("exam", _pick(rng, ("EXAM:", "Examination:", "XR")) + " "
                             + _pick(rng, (f"{side.upper()} WRIST", f"{_cap(side)} wrist radiographs",

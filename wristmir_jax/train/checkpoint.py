@@ -1,14 +1,19 @@
 """Checkpoints: one orbax composite checkpoint per saved step holding the train state (params,
 optimizer state, step, RNG, non-finite counters) and each process's data-iterator state; async
-saves, a save interval, keep-last-N plus the best by validation loss; resume from the latest.
+saves, a save interval, keep-last-N plus the best by `train.best_metric`; resume from the latest.
 
 Also the run's fingerprint: `params_sha256` (SHA-256 over sorted parameter paths, dtypes, shapes
 and raw little-endian bytes) and `restore_for_inference(workdir)` for the embedder.
 
+A newest step that fails to restore (a truncated array file, a deleted _METADATA) is skipped with
+a warning naming it and the next older step is tried; the trainer moves such steps to
+W/unrestorable/ (saying so) so later saves cannot collide with them; nothing is deleted.
+
 Layout of a workdir W:
-  W/config.json        the resolved config (written by the trainer, process 0)
+  W/config.json        the resolved config (written by the trainer, process 0, after a
+                       successful restore; a resume whose model or data shapes differ is refused)
   W/checkpoints/<step>/{state,data}/
-  W/best.json          {"step", "val_loss"} of the best validated checkpoint
+  W/best.json          {"step", "metric", "value"} of the best checkpoint by train.best_metric
   W/summary.json       step, final metrics, params_sha256
 """
 
@@ -17,8 +22,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -28,8 +34,16 @@ from orbax.checkpoint import checkpoint_managers as ocm
 
 from wristmir_jax.errors import UserError
 from wristmir_jax.train.sharding import path_str
+from wristmir_jax.utils import fs
+from wristmir_jax.utils.log import get_logger
 
+log = get_logger("wristmir.checkpoint")
 CHECKPOINT_DIR = "checkpoints"
+UNRESTORABLE_DIR = "unrestorable"
+# Fields whose change makes a checkpoint's arrays or data-iterator state meaningless to a resume.
+SHAPE_FIELDS_PREFIXES = ("model.",)
+SHAPE_FIELDS = ("data.global_batch_size", "data.source", "data.order")
+RESUMABLE_MODEL_FIELDS = ("model.remat", "model.dropout")  # change no array or iterator state
 
 
 # --- the data-iterator item: each process writes its own iterator's state ------------------
@@ -83,13 +97,18 @@ class IteratorRestore(ocp.args.CheckpointArgs):
 
 # --- the manager ---------------------------------------------------------------------------
 def make_manager(workdir: str, *, save_every: int, keep: int, keep_best: int = 1,
-                 async_save: bool = True, read_only: bool = False) -> ocp.CheckpointManager:
-    """Keeps the last `keep` checkpoints and the `keep_best` lowest-val_loss ones."""
+                 async_save: bool = True, read_only: bool = False, best_metric: str = "val/loss",
+                 best_mode: str = "min") -> ocp.CheckpointManager:
+    """Keeps the last `keep` checkpoints and the `keep_best` best by `best_metric` (the metrics
+    dict saved with a step; `best_mode` "min" or "max")."""
+    if best_mode not in ("min", "max"):
+        raise UserError(f"config train.best_mode must be 'min' or 'max', got {best_mode!r}")
     policies: list[Any] = [ocm.preservation_policy.LatestN(n=max(int(keep), 1))]
     if keep_best > 0:
+        # reverse=True keeps the lowest values
         policies.append(ocm.preservation_policy.BestN(
-            get_metric_fn=lambda m: float(m["val_loss"]), reverse=True, n=int(keep_best),
-            keep_checkpoints_without_metrics=False))
+            get_metric_fn=lambda m: float(m[best_metric]), reverse=best_mode == "min",
+            n=int(keep_best), keep_checkpoints_without_metrics=False))
     if read_only:
         options = ocp.CheckpointManagerOptions(read_only=True, create=False,
                                                save_interval_steps=0,
@@ -99,7 +118,8 @@ def make_manager(workdir: str, *, save_every: int, keep: int, keep_best: int = 1
             save_interval_steps=max(int(save_every), 1),
             preservation_policy=ocm.preservation_policy.AnyPreservationPolicy(policies),
             enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
-    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
+    # orbax writes gs:// itself (tensorstore); fs.absolute leaves URLs as they are.
+    return ocp.CheckpointManager(fs.join(fs.absolute(workdir), CHECKPOINT_DIR),
                                  options=options, item_names=("state", "data"))
 
 
@@ -123,6 +143,112 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any, iter
         items["data"] = IteratorRestore(iterator)
     out = manager.restore(int(step), args=ocp.args.Composite(**items))
     return out["state"]
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:160] if text else ''}"
+
+
+def _quiet_orphaned_reads() -> None:
+    """A failed orbax read leaves sibling asyncio reads whose errors asyncio prints as
+    'Task exception was never retrieved' tracebacks at exit; the warning above already said it."""
+    lg = logging.getLogger("asyncio")
+    if not any(getattr(f, "_wristmir", False) for f in lg.filters):
+        f = logging.Filter()
+        f.filter = lambda r: "exception was never retrieved" not in r.getMessage()
+        f._wristmir = True
+        lg.addFilter(f)
+
+
+def restore_newest_good(manager: ocp.CheckpointManager, restore_fn: Callable[[int], Any],
+                        steps: list[int] | None = None, *, where: str = ""
+                        ) -> tuple[int | None, Any, list[int]]:
+    """Tries `restore_fn(step)` for `steps` (default: every step, newest first) and returns
+    (step, restored, skipped steps). A step that fails to restore is skipped with a warning
+    naming it; UserErrors (wrong process count, ...) are not restore failures and propagate.
+    When every step fails it is a UserError listing them (never a silent fresh start)."""
+    steps = sorted(manager.all_steps(), reverse=True) if steps is None else list(steps)
+    skipped: list[int] = []
+    reasons: list[str] = []
+    for step in steps:
+        try:
+            return step, restore_fn(int(step)), skipped
+        except UserError:
+            raise
+        except Exception as e:  # orbax/tensorstore raise bare Exception/ValueError on damage
+            path = os.path.join(os.fspath(manager.directory), str(step))
+            log.warning("checkpoint step %d does not restore (%s): skipped, trying an older step; "
+                        "%s", step, _first_line(e), path)
+            _quiet_orphaned_reads()
+            skipped.append(int(step))
+            reasons.append(f"step {step} ({_first_line(e)})")
+    if steps:
+        raise UserError("no checkpoint restores: " + "; ".join(reasons)[:400], path=where or None)
+    return None, None, skipped
+
+
+def quarantine_steps(workdir: str, steps: list[int]) -> list[str]:
+    """Moves unrestorable step folders to W/unrestorable/<step>[-n] (logged, never deleted),
+    so that saving those step numbers again does not collide with them. Returns the new paths."""
+    moved = []
+    for step in steps:
+        src = fs.join(workdir, CHECKPOINT_DIR, str(step))
+        if not fs.isdir(src):
+            continue
+        dst_root = fs.join(workdir, UNRESTORABLE_DIR)
+        fs.makedirs(dst_root)
+        dst, n = fs.join(dst_root, str(step)), 1
+        while fs.exists(dst):
+            dst, n = fs.join(dst_root, f"{step}-{n}"), n + 1
+        fs.move(src, dst)
+        log.warning("moved unrestorable checkpoint step %d to %s (kept for inspection)", step, dst)
+        moved.append(dst)
+    return moved
+
+
+def has_checkpoints(workdir: str) -> bool:
+    d = fs.join(workdir, CHECKPOINT_DIR)
+    return fs.isdir(d) and any(n.isdigit() for n in fs.listdir(d))
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in (d.items() if isinstance(d, dict) else ()):
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def shape_differences(old: dict, new: dict) -> list[str]:
+    """`field: old -> new` for every model field and data-shape field that differs between two
+    resolved configs (dicts)."""
+    a, b = _flat(old), _flat(new)
+    keys = sorted(k for k in set(a) | set(b)
+                  if (k.startswith(SHAPE_FIELDS_PREFIXES) or k in SHAPE_FIELDS)
+                  and k not in RESUMABLE_MODEL_FIELDS)
+    return [f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in keys
+            if a.get(k, "<unset>") != b.get(k, "<unset>")]
+
+
+def check_resume_compatible(workdir: str, cfg_dict: dict) -> None:
+    """Refuses (UserError, nothing touched) a resume whose model or data shapes differ from the
+    config the workdir's checkpoints were written with."""
+    path = fs.join(workdir, "config.json")
+    if not has_checkpoints(workdir) or not fs.exists(path):
+        return
+    try:
+        old = json.loads(fs.read_text(path))
+    except (OSError, ValueError) as e:
+        raise UserError(f"unreadable config.json of the checkpoints ({type(e).__name__})",
+                        path=path) from None
+    diff = shape_differences(old, cfg_dict)
+    if diff:
+        more = f" (+{len(diff) - 3} more)" if len(diff) > 3 else ""
+        raise UserError("resume refused: the checkpoints were written with another model/data "
+                        f"shape: {'; '.join(diff[:3])}{more} (use a new --workdir)", path=workdir)
 
 
 # --- fingerprints --------------------------------------------------------------------------
@@ -152,19 +278,17 @@ def params_sha256(params: Any) -> str:
 def read_config(workdir: str):
     import ml_collections
 
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    path = fs.join(workdir, "config.json")
+    if not fs.exists(path):
         raise UserError("not a training workdir (no config.json)", path=workdir)
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(json.loads(fs.read_text(path)))
 
 
 def best_step(workdir: str) -> int | None:
-    path = os.path.join(workdir, "best.json")
-    if not os.path.exists(path):
+    path = fs.join(workdir, "best.json")
+    if not fs.exists(path):
         return None
-    with open(path) as f:
-        return int(json.load(f)["step"])
+    return int(json.loads(fs.read_text(path))["step"])
 
 
 def restore_for_inference(workdir: str, step: int | str | None = "best"):
@@ -177,19 +301,27 @@ def restore_for_inference(workdir: str, step: int | str | None = "best"):
     cfg = read_config(workdir)
     manager = make_manager(workdir, save_every=1, keep=1, keep_best=0, async_save=False,
                            read_only=True)
-    steps = manager.all_steps()
+    steps = sorted(manager.all_steps(), reverse=True)
     if not steps:
         raise UserError("workdir has no checkpoint", path=workdir)
     if step == "best":
         b = best_step(workdir)
-        step = b if b in steps else manager.latest_step()
+        order = ([b] if b in steps else []) + [s for s in steps if s != b]
     elif step in (None, "latest"):
-        step = manager.latest_step()
+        order = steps
     elif int(step) not in steps:
         raise UserError(f"no checkpoint for step {step} (have {sorted(steps)})", path=workdir)
+    else:
+        order = [int(step)]  # an explicit step: no silent substitute
     model, abstract = abstract_train_state(cfg)
     dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=dev), abstract)
-    out = manager.restore(int(step), args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-    manager.close()
+
+    def _restore(s: int):
+        return manager.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+
+    try:
+        _, out, _ = restore_newest_good(manager, _restore, order, where=workdir)
+    finally:
+        manager.close()
     return model, inference_params(out["state"]), cfg

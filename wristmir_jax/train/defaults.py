@@ -1,6 +1,8 @@
 """The training config's sections and their defaults; `configs/*.py` start from `base_config`.
 
 Sections (every field can be overridden: `--config.optim.lr=3e-4`):
+  task                     the task module under wristmir_jax/tasks/ (model, objective, data,
+                           evaluators); "wrist_contrastive" here
   seed                     int; parameter init, dropout and data order derive from it
   data.source              "tfds" (DATA_DIR built by `wristmir build`) or "synthetic" (in memory)
   data.dir                 DATA_DIR for "tfds"; its wristmir_meta.json sets the model's image,
@@ -23,10 +25,17 @@ Sections (every field can be overridden: `--config.optim.lr=3e-4`):
                            ema_decay (> 0 keeps an exponential moving average of the trainable
                            params in state["ema_params"]; validation, the best checkpoint and
                            inference then use it)
-  train.steps, log_every, eval_every, checkpoint_every, keep (last N), keep_best (best N by val
-                           loss), grad_accum, max_consecutive_nonfinite, async_checkpoint,
+  train.steps, log_every, eval_every, checkpoint_every, keep (last N), keep_best (best N by
+                           best_metric), grad_accum, max_consecutive_nonfinite, async_checkpoint,
                            inject_nonfinite_steps (fault injection for tests: these steps get
                            a NaN image batch)
+  train.best_metric/mode   "evaluator/metric" choosing best.json and the kept best checkpoints
+                           ("val/loss", "min" here; the demo: "knn_probe/two_stage_mean_auroc", "max")
+  evals                    {name: {type, every (0: train.eval_every), ...}} run by the trainer
+                           (train/evaluators.py; the task's EVALUATORS name the types)
+  retrieval                alpha, region_weights, coarse_k, region_alpha (retrieval.rerank), knn_k
+                           (kNN diagnosis): read by the knn_probe evaluator, `search` and
+                           `evaluate` (from the workdir's config.json; `--config.retrieval.x=v`)
   mesh.data/fsdp/tensor    mesh axis sizes, one may be -1 (all remaining devices)
   sharding_rules           ((logical name, mesh axes or None), ...); see train/sharding.py
 """
@@ -35,13 +44,38 @@ from __future__ import annotations
 
 import ml_collections
 
+from wristmir_jax.models.presets import model_config
 from wristmir_jax.train.sharding import DEFAULT_RULES
 
 
-def base_config(model: str) -> ml_collections.ConfigDict:
-    from wristmir_jax.models.presets import model_config
+def retrieval_defaults() -> ml_collections.ConfigDict:
+    """The `retrieval` section (equal to retrieval.rerank.RerankSettings() and eval's kNN k,
+    which a test checks)."""
+    return ml_collections.ConfigDict(dict(alpha=1.0, region_weights=(1.0, 1.0, 1.0), coarse_k=200,
+                                          region_alpha=0.25, knn_k=10))
 
+
+def train_defaults() -> ml_collections.ConfigDict:
+    """The `train` section every task shares (the loop, checkpoints, evaluation cadence)."""
+    t = ml_collections.ConfigDict()
+    t.steps = 1000
+    t.log_every = 10
+    t.eval_every = 200
+    t.checkpoint_every = 200
+    t.keep = 2
+    t.keep_best = 1
+    t.best_metric = "val/loss"
+    t.best_mode = "min"
+    t.grad_accum = 1
+    t.max_consecutive_nonfinite = 5
+    t.async_checkpoint = True
+    t.inject_nonfinite_steps = ()
+    return t
+
+
+def base_config(model: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.task = "wrist_contrastive"
     c.seed = 0
 
     c.data = ml_collections.ConfigDict()
@@ -77,17 +111,9 @@ def base_config(model: str) -> ml_collections.ConfigDict:
     c.optim.freeze = ()
     c.optim.ema_decay = 0.0
 
-    c.train = ml_collections.ConfigDict()
-    c.train.steps = 1000
-    c.train.log_every = 10
-    c.train.eval_every = 200
-    c.train.checkpoint_every = 200
-    c.train.keep = 2
-    c.train.keep_best = 1
-    c.train.grad_accum = 1
-    c.train.max_consecutive_nonfinite = 5
-    c.train.async_checkpoint = True
-    c.train.inject_nonfinite_steps = ()
+    c.train = train_defaults()
+    c.evals = ml_collections.ConfigDict({"val": {"type": "val_loss", "every": 0}})
+    c.retrieval = retrieval_defaults()
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.sharding_rules = tuple(DEFAULT_RULES)

@@ -1,18 +1,26 @@
 """Training logs: TensorBoard event files (tensorboardX) under W/tb, one JSON line per logged
 step in W/metrics.jsonl, and a console progress bar (rich, only on a terminal). Process 0 only:
-other processes get a logger that writes nothing."""
+other processes get a logger that writes nothing.
+
+For a URL workdir (gs://...) both are written to a local folder and uploaded (utils.fs.SyncedDir)
+at most every SYNC_EVERY_S seconds and at close: tensorboardX writes gs:// only through extra
+packages, and an object cannot be appended to."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import time
 from typing import Any
 
 from wristmir_jax.utils import progress
+from wristmir_jax.utils.fs import SyncedDir
 from wristmir_jax.utils.log import get_logger
 
 log = get_logger("wristmir.train")
+
+SYNC_EVERY_S = 30.0
 
 
 def _clean(v: Any) -> Any:
@@ -35,8 +43,10 @@ class MetricsLogger:
             return
         from tensorboardX import SummaryWriter
 
-        self._tb = SummaryWriter(os.path.join(workdir, "tb"))
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+        self._dir = SyncedDir(workdir, only=("tb", "metrics.jsonl"))
+        self._synced = time.monotonic()
+        self._tb = SummaryWriter(os.path.join(self._dir.local, "tb"))
+        self._jsonl = open(os.path.join(self._dir.local, "metrics.jsonl"), "a", encoding="utf-8")
         if progress.enabled():
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                        TimeElapsedColumn, TimeRemainingColumn)
@@ -58,6 +68,9 @@ class MetricsLogger:
                 continue
             self._tb.add_scalar(f"{split}/{k}", v, int(step))
         self._tb.flush()
+        if time.monotonic() - self._synced >= SYNC_EVERY_S:
+            self._dir.sync()
+            self._synced = time.monotonic()
         msg = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                        for k, v in row.items() if k in ("loss", "lr", "grad_norm", "examples_per_s"))
         if self._bar is not None:
@@ -76,3 +89,4 @@ class MetricsLogger:
             self._bar.stop()
         self._tb.close()
         self._jsonl.close()
+        self._dir.close()

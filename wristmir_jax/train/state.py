@@ -1,9 +1,11 @@
-"""The train state and its shardings: model + optimizer from config, sharded initialisation
-(params are created directly in their NamedShardings, never gathered on one device), and the
-abstract state used to restore checkpoints."""
+"""The train state's pieces: the task named by the config, its model, abstract params and their
+logical axes, the state dict, and the abstract state used to restore checkpoints.
+`train/setup.py` assembles them into a sharded initial state."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any
 
 import jax
@@ -12,35 +14,36 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from wristmir_jax import schema
-from wristmir_jax.train import optim, sharding
+from wristmir_jax.errors import UserError
+from wristmir_jax.train import optim
 from wristmir_jax.train.mesh import BATCH_AXES
 
+DEFAULT_TASK = "wrist_contrastive"
 
-def dummy_batch(model_cfg: ml_collections.ConfigDict, batch_size: int = 2) -> dict:
-    """Zeros with the shapes and dtypes of BUILD_NOTES "Batch" for `model_cfg` (init only)."""
-    s = int(model_cfg.image.image_size)
-    c = int(model_cfg.local.crop_size)
-    L = int(model_cfg.text.max_len)
-    b, r = int(batch_size), schema.NUM_REGIONS
-    f32, i32 = np.float32, np.int32
-    return {"image": np.zeros((b, s, s, 1), f32), "crops": np.zeros((b, r, c, c, 1), f32),
-            "crop_mask": np.ones((b, r), f32), "global_tokens": np.zeros((b, L), i32),
-            "global_mask": np.ones((b, L), i32), "region_tokens": np.zeros((b, r, L), i32),
-            "region_mask": np.ones((b, r, L), i32), "record": np.zeros((b, schema.RECORD_LEN), i32),
-            "global_caption_id": np.arange(b, dtype=i32),
-            "region_caption_id": np.arange(b * r, dtype=i32).reshape(b, r)}
+
+def task_module(cfg: ml_collections.ConfigDict):
+    """The module `wristmir_jax.tasks.<cfg.task>` (model, objective, data sources, evaluators).
+    Looked up by name, big_vision style: tasks sit above train, so train never imports one
+    statically."""
+    name = str(cfg.get("task", DEFAULT_TASK) or DEFAULT_TASK)
+    try:
+        return importlib.import_module(f"wristmir_jax.tasks.{name}")
+    except ModuleNotFoundError as e:
+        if e.name != f"wristmir_jax.tasks.{name}":
+            raise
+        tasks_pkg = importlib.import_module("wristmir_jax.tasks")
+        known = sorted(m.name for m in pkgutil.iter_modules(tasks_pkg.__path__)
+                       if not m.name.startswith("_") and m.name != "common")
+        raise UserError(f"config task {name!r}: no such task (known: {', '.join(known)})") from None
 
 
 def build_model(cfg: ml_collections.ConfigDict):
-    from wristmir_jax import models
-
-    return models.build(cfg.model, int(cfg.model.text.vocab_size))
+    return task_module(cfg).build_model(cfg)
 
 
-def _abstract_params(model, model_cfg, rng) -> tuple[Any, Any]:
-    """(ShapeDtypeStructs of params, logical axes) without allocating anything."""
-    batch = dummy_batch(model_cfg)
+def abstract_params(model, batch: dict, rng) -> tuple[Any, Any]:
+    """(ShapeDtypeStructs of params, logical axes) without allocating anything; `batch` is the
+    task's init batch."""
     if hasattr(model, "init_params") and hasattr(model, "logical_axes"):
         return jax.eval_shape(model.init_params, rng, batch), model.logical_axes(batch)
     holder = {}
@@ -54,7 +57,7 @@ def _abstract_params(model, model_cfg, rng) -> tuple[Any, Any]:
     return shapes, holder["axes"]
 
 
-def _state_from(params, opt_state, rng, ema_params=None) -> dict:
+def state_from(params, opt_state, rng, ema_params=None) -> dict:
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state,
              "rng": rng, "nonfinite_run": jnp.zeros((), jnp.int32),
              "nonfinite_total": jnp.zeros((), jnp.int32)}
@@ -72,71 +75,21 @@ def inference_params(state: dict):
     return state.get("ema_params", state["params"])
 
 
-def _with_pretrained(params: Any, model_cfg: ml_collections.ConfigDict, p_shard: Any) -> Any:
-    """Params with the checkpoint weights of every tower whose `pretrained` is set, placed with
-    the params' shardings (every process reads the same files, so each fills its own shards)."""
-    towers = (model_cfg.text, model_cfg.image, model_cfg.local)
-    if not any(t.get("pretrained") for t in towers):
-        return params
-    from wristmir_jax.models.hf_import import apply_pretrained
-
-    loaded = apply_pretrained(params, model_cfg)
-
-    def place(new, old, sh):
-        if new is old:
-            return old
-        host = np.asarray(new)
-        return jax.make_array_from_callback(host.shape, sh, lambda idx: host[idx])
-
-    return jax.tree.map(place, loaded, params, p_shard)
-
-
 def base_rng(seed: int) -> jax.Array:
     return jax.random.PRNGKey(int(seed))
 
 
-def create_train_state(cfg: ml_collections.ConfigDict, model: Any, mesh: Mesh):
-    """Returns (state, state_shardings, tx, lr_schedule, trainable_mask, logical_axes).
-
-    Params and optimizer state are initialised by jitted functions whose outputs are placed
-    by the rules table, so every process computes the same values for its shards."""
-    rng = base_rng(cfg.seed)
-    init_key, state_key = jax.random.split(rng)
-    abstract, axes = _abstract_params(model, cfg.model, init_key)
-    p_shard = sharding.param_shardings(abstract, axes, mesh, cfg.get("sharding_rules"))
-    batch = dummy_batch(cfg.model)
-    init_fn = model.init_params if hasattr(model, "init_params") else (lambda k, b: model.init(k, b)[0])
-    params = jax.jit(init_fn, out_shardings=p_shard)(init_key, batch)
-    params = _with_pretrained(params, cfg.model, p_shard)
-    tx, sched = optim.make_optimizer(cfg.optim, abstract, int(cfg.train.steps))
-    opt_abstract = jax.eval_shape(tx.init, abstract)
-    o_shard = sharding.follow_params(opt_abstract, abstract, p_shard, mesh)
-    opt_state = jax.jit(tx.init, out_shardings=o_shard)(params)
-    rep = NamedSharding(mesh, P())
-    # The average starts at the initial params, in its own buffers (the step donates the state).
-    ema = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=p_shard)(params) \
-        if uses_ema(cfg) else None
-    state = _state_from(params, opt_state, jax.device_put(state_key, rep), ema)
-    sharded = ("params", "opt_state", "ema_params")
-    state = {k: (v if k in sharded else jax.device_put(v, rep)) for k, v in state.items()}
-    shardings = {"step": rep, "params": p_shard, "opt_state": o_shard, "rng": rep,
-                 "nonfinite_run": rep, "nonfinite_total": rep}
-    if ema is not None:
-        shardings["ema_params"] = p_shard
-    trainable = optim.trainable_mask(cfg.optim, abstract)
-    return state, shardings, tx, sched, trainable, axes
-
-
 def abstract_train_state(cfg: ml_collections.ConfigDict):
     """(model, abstract state) for restoring a checkpoint without initialising anything."""
-    model = build_model(cfg)
+    task = task_module(cfg)
+    model = task.build_model(cfg)
     rng = base_rng(cfg.seed)
     init_key, state_key = jax.random.split(rng)
-    abstract, _ = _abstract_params(model, cfg.model, init_key)
+    abstract, _ = abstract_params(model, task.init_batch(cfg), init_key)
     tx, _ = optim.make_optimizer(cfg.optim, abstract, int(cfg.train.steps))
     opt_abstract = jax.eval_shape(tx.init, abstract)
     ema = abstract if uses_ema(cfg) else None
-    state = jax.eval_shape(lambda p, o, k, e: _state_from(p, o, k, e), abstract, opt_abstract,
+    state = jax.eval_shape(lambda p, o, k, e: state_from(p, o, k, e), abstract, opt_abstract,
                            state_key, ema)
     return model, state
 

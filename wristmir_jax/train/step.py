@@ -33,16 +33,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+
 HOST_ONLY_KEYS = ("id",)
-
-
-def add_relevance(batch: dict) -> dict:
-    """The losses read `relevance f32[4,B,B]`, computed from the records on device."""
-    from wristmir_jax.reports.relevance import relevance
-
-    if "relevance" in batch:
-        return batch
-    return {**batch, "relevance": relevance(batch["record"], batch["record"])}
 
 
 def device_batch(batch: dict) -> dict:
@@ -110,19 +102,20 @@ def _temperatures(emb: dict) -> dict:
 
 def make_train_step(model: Any, objective: Callable, tx: optax.GradientTransformation,
                     lr_schedule: Callable, *, grad_accum: int = 1,
-                    trainable: Any = None, ema_decay: float = 0.0) -> Callable:
+                    trainable: Any = None, ema_decay: float = 0.0,
+                    prepare: Callable = lambda b: b) -> Callable:
     """The pure step. `trainable` (a bool pytree like params) restricts the reported gradient
     norm to parameters that train. A state with "ema_params" (optim.ema_decay > 0) also updates
     that average: decay min(ema_decay, (1 + t) / (10 + t)) at update t, so the first updates are
-    not dominated by the initial params; frozen leaves are copied."""
+    not dominated by the initial params; frozen leaves are copied. `prepare(batch)` (the task's,
+e.g. the relevance the losses read) runs on device first."""
     k = int(grad_accum)
     ema_decay = float(ema_decay)
-
     def encode(params, batch, rng):
         return model.encode(params, batch, train=True, rng=rng)
 
     def train_step(state: dict, batch: dict):
-        batch = add_relevance(device_batch(batch))
+        batch = prepare(device_batch(batch))
         params = state["params"]
         rng = jax.random.fold_in(state["rng"], state["step"])
         if k == 1:
@@ -170,11 +163,11 @@ def make_train_step(model: Any, objective: Callable, tx: optax.GradientTransform
     return train_step
 
 
-def make_eval_step(model: Any, objective: Callable) -> Callable:
+def make_eval_step(model: Any, objective: Callable, prepare: Callable = lambda b: b) -> Callable:
     """`eval_step(params, batch) -> metrics` (validation loss and its terms, no dropout)."""
 
     def eval_step(params, batch):
-        batch = add_relevance(device_batch(batch))
+        batch = prepare(device_batch(batch))
         emb = model.encode(params, batch, train=False, rng=None)
         total, aux = objective(emb, batch)
         return {"loss": total.astype(jnp.float32), **_scalar_metrics(aux)}

@@ -27,12 +27,16 @@ import time
 from functools import partial
 from typing import Callable, Mapping, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
 from wristmir_jax.imaging.crops import MIN_CROP_SIDE, crop_square
 from wristmir_jax.imaging.jsonconfig import JsonConfig
-from wristmir_jax.imaging.refiner import (RefinerConfig, Refiner, patch_square, refiner_loss,
-                                          to_patch)
+from wristmir_jax.localize.localizer_train import HIT_IOU, make_optimizer
+from wristmir_jax.localize.refiner import (RefinerConfig, Refiner, init_params, patch_square,
+                                          refiner_loss, to_patch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,10 +179,6 @@ def window_patches(rs: RefineSet, idx: np.ndarray, boxes: np.ndarray, rcfg: Refi
 # Training
 # ---------------------------------------------------------------------------------------------
 def make_train_step(rcfg: RefinerConfig, tx):
-    import jax
-    import jax.numpy as jnp
-    import optax
-
     def step(params, opt_state, patches, region, gold, key):
         k1, k2 = jax.random.split(key)
         log_gamma = jax.random.uniform(k1, (patches.shape[0], 1, 1), minval=-0.35, maxval=0.35)
@@ -197,11 +197,6 @@ def train_refiner(rs: RefineSet, rcfg: RefinerConfig, steps: int, jitter: Jitter
                   on_log: Callable[[dict], None] | None = None):
     """-> trained params. Batches are cut on the host while the previous step runs (JAX
     dispatches asynchronously; only logging steps wait for the result)."""
-    import jax
-
-    from wristmir_jax.imaging.localizer_train import make_optimizer
-    from wristmir_jax.imaging.refiner import init_params
-
     rcfg.check()
     if len(rs) == 0:
         raise ValueError("no training sample for the refiner (no gold box of its regions)")
@@ -255,8 +250,6 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def iou_before_after(rs: RefineSet, before: np.ndarray, after: np.ndarray,
                      regions: Sequence[str]) -> dict:
     """Per region: n, mean IoU and hit rate (>= 0.5) of `before` and `after` against gold."""
-    from wristmir_jax.imaging.localizer_train import HIT_IOU
-
     out = {}
     ib, ia = _iou(before, rs.gold), _iou(after, rs.gold)
     for k, name in enumerate(regions):

@@ -17,11 +17,15 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, Callable, Mapping, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
 from wristmir_jax.imaging.boxes import ManifestRow, box_iou
 from wristmir_jax.imaging.io import ImageError, load_image
-from wristmir_jax.imaging.localizer import LocalizerConfig, localizer_loss
+from wristmir_jax.localize.localizer import LocalizerConfig, init_params, localizer_loss
+from wristmir_jax.localize.refiner import canonical_image
 from wristmir_jax.imaging.preprocess import Geometry, normalize, prepare
 from wristmir_jax.schema import NUM_REGIONS, REGIONS
 from wristmir_jax.utils.jsonl import Rejects
@@ -54,8 +58,6 @@ def load_prepared(rows: Sequence[ManifestRow], cfg: LocalizerConfig, rejects: Re
     `keep(row, canonical normalised original f32[H, W], geo)`, when given, is called once per
     loaded image (same normalisation as the localizer's input); its results are `extras`.
     """
-    from wristmir_jax.imaging.refiner import canonical_image
-
     def work(row: ManifestRow):
         try:
             img = load_image(row.image)
@@ -113,18 +115,12 @@ def _translate(images: np.ndarray, boxes: np.ndarray, has: np.ndarray, rng: np.r
 
 
 def make_optimizer(lr: float, steps: int):
-    import optax
-
     warmup = max(1, min(200, steps // 10))
     sched = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1), lr * 0.02)
     return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=1e-4))
 
 
 def make_train_step(cfg: LocalizerConfig, tx):
-    import jax
-    import jax.numpy as jnp
-    import optax
-
     def step(params, opt_state, images_u8, boxes, has_box, key):
         x = images_u8.astype(jnp.float32) / 255.0
         log_gamma = jax.random.uniform(key, (x.shape[0], 1, 1), minval=-0.35, maxval=0.35)
@@ -141,10 +137,6 @@ def train_localizer(train: PreparedSet, cfg: LocalizerConfig, steps: int, batch_
                     lr: float = 3e-3, seed: int = 0, max_shift: int | None = None,
                     log_every: int = 50, on_log: Callable[[dict], None] | None = None):
     """-> trained params. Only images with at least one box are used."""
-    import jax
-
-    from wristmir_jax.imaging.localizer import init_params
-
     usable = np.nonzero(train.has_box.sum(1) > 0)[0]
     if len(usable) == 0:
         raise ValueError("no training image has a box")

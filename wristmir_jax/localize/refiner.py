@@ -43,13 +43,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
+from safetensors.numpy import save
 
 from wristmir_jax.errors import UserError
-from wristmir_jax.imaging.jsonconfig import JsonConfig
 from wristmir_jax.imaging.crops import MIN_CROP_SIDE, crop_square
-from wristmir_jax.imaging.localizer import ConvNormAct, _up2, giou
+from wristmir_jax.imaging.jsonconfig import JsonConfig, load_weights
+from wristmir_jax.localize.blocks import ConvNormAct, flatten_params, giou, up2
 from wristmir_jax.models.conv import Conv
 from wristmir_jax.schema import NUM_REGIONS, REGIONS
+from wristmir_jax.utils.fs import atomic_write
 
 REFINER_CONFIG_FILE = "refiner_config.json"
 REFINER_PARAMS_FILE = "refiner_params.safetensors"
@@ -179,10 +182,10 @@ class BoxRefinerNet(nn.Module):
         c16 = block(w16)(block(w16, 2)(c8))
         hw = self.head_width
         p = Conv(hw, (1, 1))(c16)
-        p = block(hw)(_up2(p) + Conv(hw, (1, 1))(c8))
-        p = block(hw)(_up2(p) + Conv(hw, (1, 1))(c4))
+        p = block(hw)(up2(p) + Conv(hw, (1, 1))(c8))
+        p = block(hw)(up2(p) + Conv(hw, (1, 1))(c4))
         if self.head_stride == 2:
-            p = block(hw)(_up2(p) + Conv(hw, (1, 1))(c2))
+            p = block(hw)(up2(p) + Conv(hw, (1, 1))(c2))
         heat = Conv(1, (1, 1), kernel_init=nn.initializers.zeros)(p)[..., 0]
         reg = Conv(4, (1, 1), kernel_init=nn.initializers.normal(0.01))(p)
         return heat, reg
@@ -206,8 +209,6 @@ def init_params(cfg: RefinerConfig, seed: int = 0):
 
 
 def init_shapes(cfg: RefinerConfig) -> dict[str, tuple[int, ...]]:
-    from flax import traverse_util
-
     shapes = jax.eval_shape(lambda: init_params(cfg))
     return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(shapes, sep="/").items()}
 
@@ -300,14 +301,9 @@ def refine_patches(cfg: RefinerConfig, params, patches, region, stage1, squares)
 # Saving and loading (safetensors + JSON; never pickle)
 # ---------------------------------------------------------------------------------------------
 def save_refiner(workdir: str, cfg: RefinerConfig, params) -> None:
-    from safetensors.numpy import save
-
-    from wristmir_jax.imaging.localizer import _flatten
-    from wristmir_jax.utils.fs import atomic_write
-
     os.makedirs(workdir, exist_ok=True)
     with atomic_write(os.path.join(workdir, REFINER_PARAMS_FILE), "wb") as f:
-        f.write(save(_flatten(params), metadata={"format": "wristmir-refiner"}))
+        f.write(save(flatten_params(params), metadata={"format": "wristmir-refiner"}))
     with atomic_write(os.path.join(workdir, REFINER_CONFIG_FILE)) as f:
         json.dump(cfg.to_dict(), f, indent=1, sort_keys=True)
 
@@ -322,8 +318,6 @@ def remove_refiner(workdir: str) -> None:
 
 def load_refiner(workdir: str):
     """-> (cfg, params), or None when the workdir holds no refiner (older workdirs)."""
-    from wristmir_jax.imaging.jsonconfig import load_weights
-
     cpath = os.path.join(workdir, REFINER_CONFIG_FILE)
     ppath = os.path.join(workdir, REFINER_PARAMS_FILE)
     have = [os.path.exists(cpath), os.path.exists(ppath)]

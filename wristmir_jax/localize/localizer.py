@@ -20,6 +20,7 @@ up when the workdir has one, and workdirs without it predict with the first stag
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -30,11 +31,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
+from safetensors.numpy import save
 
 from wristmir_jax.errors import UserError
-from wristmir_jax.imaging.jsonconfig import JsonConfig
+from wristmir_jax.imaging.crops import BoxPrior
+from wristmir_jax.imaging.jsonconfig import JsonConfig, load_weights
+from wristmir_jax.imaging.preprocess import normalize, prepare
+from wristmir_jax.localize.blocks import ConvNormAct, flatten_params, giou, up2
+from wristmir_jax.localize.refiner import Refiner, canonical_image
 from wristmir_jax.models.conv import Conv
 from wristmir_jax.schema import NUM_REGIONS, REGIONS
+from wristmir_jax.utils.fs import atomic_write
 
 CONFIG_FILE = "localizer_config.json"
 PARAMS_FILE = "localizer_params.safetensors"
@@ -60,21 +68,6 @@ class LocalizerConfig(JsonConfig):
 # ---------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------
-class ConvNormAct(nn.Module):
-    features: int
-    strides: int = 1
-
-    @nn.compact
-    def __call__(self, x):
-        x = Conv(self.features, (3, 3), strides=self.strides, padding="SAME", use_bias=False)(x)
-        x = nn.GroupNorm(num_groups=max(1, min(8, self.features // 8)))(x)
-        return nn.relu(x)
-
-
-def _up2(x):
-    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-
-
 class BoneLocalizer(nn.Module):
     """[B, S, S, 1] in [0, 1] -> (heat logits [B, S/4, S/4, 3], reg [B, S/4, S/4, 3, 4]).
 
@@ -99,9 +92,9 @@ class BoneLocalizer(nn.Module):
         hw, fw = self.head_width, self.fine_width
         # Top-down path: global context (which bone is which) brought down to stride 8, then 4.
         p = Conv(hw, (1, 1))(c32)
-        p = ConvNormAct(hw)(_up2(p) + Conv(hw, (1, 1))(c16))
-        p = ConvNormAct(hw)(_up2(p) + Conv(hw, (1, 1))(c8))
-        h = ConvNormAct(fw)(_up2(Conv(fw, (1, 1))(p)) + Conv(fw, (1, 1))(c4))
+        p = ConvNormAct(hw)(up2(p) + Conv(hw, (1, 1))(c16))
+        p = ConvNormAct(hw)(up2(p) + Conv(hw, (1, 1))(c8))
+        h = ConvNormAct(fw)(up2(Conv(fw, (1, 1))(p)) + Conv(fw, (1, 1))(c4))
         # Focal-loss prior: start at ~1% foreground so the loss is stable from step 0.
         heat = Conv(NUM_REGIONS, (1, 1), bias_init=nn.initializers.constant(-math.log(99.0)))(h)
         reg = Conv(NUM_REGIONS * 4, (1, 1), kernel_init=nn.initializers.normal(0.01))(h)
@@ -167,21 +160,6 @@ def _boxes_from_reg(cells, reg_at, stride: int):
     return jnp.concatenate([centre - size / 2, centre + size / 2], axis=-1)
 
 
-def giou(a, b):
-    """Generalised IoU of boxes [..., 4] (x0, y0, x1, y1)."""
-    area_a = jnp.maximum(a[..., 2] - a[..., 0], 0) * jnp.maximum(a[..., 3] - a[..., 1], 0)
-    area_b = jnp.maximum(b[..., 2] - b[..., 0], 0) * jnp.maximum(b[..., 3] - b[..., 1], 0)
-    iw = jnp.maximum(jnp.minimum(a[..., 2], b[..., 2]) - jnp.maximum(a[..., 0], b[..., 0]), 0)
-    ih = jnp.maximum(jnp.minimum(a[..., 3], b[..., 3]) - jnp.maximum(a[..., 1], b[..., 1]), 0)
-    inter = iw * ih
-    union = area_a + area_b - inter
-    iou = inter / jnp.maximum(union, 1e-6)
-    cw = jnp.maximum(a[..., 2], b[..., 2]) - jnp.minimum(a[..., 0], b[..., 0])
-    ch = jnp.maximum(a[..., 3], b[..., 3]) - jnp.minimum(a[..., 1], b[..., 1])
-    hull = jnp.maximum(cw * ch, 1e-6)
-    return iou - (hull - union) / hull
-
-
 # The ulnar styloid box is small: a pixel of centre error costs it far more IoU than the radius,
 # so its box terms count double.
 REGION_BOX_WEIGHTS = (1.0, 1.0, 2.0)
@@ -234,31 +212,18 @@ def predict_prepared(cfg: LocalizerConfig, params, images):
 # ---------------------------------------------------------------------------------------------
 # Saving and loading (safetensors + JSON; never pickle)
 # ---------------------------------------------------------------------------------------------
-def _flatten(params) -> dict[str, np.ndarray]:
-    from flax import traverse_util
-
-    flat = traverse_util.flatten_dict(params, sep="/")
-    return {k: np.asarray(v, np.float32) for k, v in flat.items()}
-
-
 def params_sha256(params) -> str:
-    import hashlib
-
     h = hashlib.sha256()
-    for k, v in sorted(_flatten(params).items()):
+    for k, v in sorted(flatten_params(params).items()):
         h.update(k.encode())
         h.update(np.ascontiguousarray(v).tobytes())
     return h.hexdigest()
 
 
 def save_localizer(workdir: str, cfg: LocalizerConfig, params, prior=None) -> None:
-    from safetensors.numpy import save
-
-    from wristmir_jax.utils.fs import atomic_write
-
     os.makedirs(workdir, exist_ok=True)
     with atomic_write(os.path.join(workdir, PARAMS_FILE), "wb") as f:
-        f.write(save(_flatten(params), metadata={"format": "wristmir-localizer"}))
+        f.write(save(flatten_params(params), metadata={"format": "wristmir-localizer"}))
     with atomic_write(os.path.join(workdir, CONFIG_FILE)) as f:
         json.dump(cfg.to_dict(), f, indent=1, sort_keys=True)
     if prior is not None:
@@ -267,9 +232,6 @@ def save_localizer(workdir: str, cfg: LocalizerConfig, params, prior=None) -> No
 
 def load_localizer(workdir: str):
     """-> (cfg, params, prior or None); UserError when the workdir holds no trained localizer."""
-    from wristmir_jax.imaging.crops import BoxPrior
-    from wristmir_jax.imaging.jsonconfig import load_weights
-
     cpath, ppath = os.path.join(workdir, CONFIG_FILE), os.path.join(workdir, PARAMS_FILE)
     if not (os.path.exists(cpath) and os.path.exists(ppath)):
         raise UserError(f"no trained localizer here (expected {CONFIG_FILE} and {PARAMS_FILE}; "
@@ -281,8 +243,6 @@ def load_localizer(workdir: str):
 
 
 def init_shapes(cfg: LocalizerConfig) -> dict[str, tuple[int, ...]]:
-    from flax import traverse_util
-
     shapes = jax.eval_shape(lambda: init_params(cfg))
     return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(shapes, sep="/").items()}
 
@@ -292,8 +252,6 @@ def init_shapes(cfg: LocalizerConfig) -> dict[str, tuple[int, ...]]:
 # ---------------------------------------------------------------------------------------------
 def prepare_for_localizer(img: np.ndarray, laterality: str | None, cfg: LocalizerConfig):
     """Original image -> (canonical f32[S, S], Geometry), as in training."""
-    from wristmir_jax.imaging.preprocess import normalize, prepare
-
     return prepare(normalize(img, clip=tuple(cfg.clip)), laterality, cfg.image_size)
 
 
@@ -315,8 +273,6 @@ class Localizer:
     @classmethod
     def load(cls, workdir: str, batch_size: int = 32, refine: bool = True) -> "Localizer":
         """`refine=False` ignores a refiner in the workdir (first stage only)."""
-        from wristmir_jax.imaging.refiner import Refiner
-
         cfg, params, prior = load_localizer(workdir)
         # One refiner patch per image and region: its batch follows the localizer's (a batch-1
         # query does not pay for 64 padded patches).
@@ -346,8 +302,6 @@ class Localizer:
         Boxes are in original pixels. An image of unknown laterality is tried both ways and the
         orientation with the higher mean confidence wins (the model only knows right wrists).
         """
-        from wristmir_jax.imaging.preprocess import normalize, prepare
-
         prepared, geos, owner, normed = [], [], [], []
         for i, (img, lat) in enumerate(zip(images, lateralities)):
             xn = normalize(img, clip=tuple(self.cfg.clip))  # = prepare_for_localizer's first step
@@ -368,8 +322,6 @@ class Localizer:
         pick = [best[i] for i in range(len(images))]
         chosen, chosen_geos = boxes[pick], [geos[j] for j in pick]
         if self.refiner is not None:
-            from wristmir_jax.imaging.refiner import canonical_image
-
             canon = [canonical_image(normed[i], chosen_geos[i]) for i in range(len(images))]
             chosen, refined = self.refiner.refine_prepared(canon, chosen_geos, chosen)
             for r in self.refiner.cfg.region_index:

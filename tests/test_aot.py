@@ -1,0 +1,74 @@
+"""`wristmir aot`: the pod recipe with tiny towers compiled for a v5e:2x2 TPU topology on this
+CPU machine (libtpu from the `tpu` extra), its per-chip report and FLOPs, a config that does not
+fit (exit 2 naming the largest buffer) and an unknown topology (one line, exit 2)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+pytest.importorskip("libtpu", reason="the tpu extra (libtpu) compiles for TPU topologies")
+
+
+def aot(*args, tmp_path=None):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "wristmir_jax.cli.main", "aot", *args],
+                          capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=1200)
+
+
+def test_unknown_topology_is_one_line_exit_2():
+    p = aot("--config", "configs/vit_b16_pod.py:tiny", "--topology", "v9z:4x4")
+    assert p.returncode == 2
+    err = [l for l in p.stderr.splitlines() if l.startswith("wristmir aot")]
+    assert len(err) == 1 and "v9z:4x4" in err[0] and "unknown topology" in err[0]
+
+
+@pytest.mark.slow
+def test_aot_compiles_the_pod_step_for_v5e(tmp_path):
+    out = tmp_path / "aot.json"
+    p = aot("--config", "configs/vit_b16_pod.py:tiny", "--topology", "v5e:2x2", "--json", str(out))
+    assert p.returncode == 0, p.stderr[-2000:]
+    (r,) = json.loads(out.read_text())
+    assert r["chips"] == 4 and r["devices"] == 4 and r["mesh"] == {"data": 2, "fsdp": 2, "tensor": 1}
+    assert r["fits"] and r["hbm_bytes"] == 16 * 1024 ** 3
+    assert r["per_chip_bytes"] == (r["argument_bytes"] + r["output_bytes"] - r["alias_bytes"]
+                                   + r["temp_bytes"] + r["generated_code_bytes"])
+    assert r["alias_bytes"] > 0                      # the state is donated
+    assert "fits" in p.stdout and "v5e:2x2" in p.stdout
+
+    # Independent FLOPs reference: the encoders' forward + backward from models/flops.py (its own
+    # compile of a different program, on CPU) times the global batch; the step adds the ring
+    # loss and the optimizer, a few percent at this size.
+    from wristmir_jax.config import load_config
+    from wristmir_jax.models import flops
+    from wristmir_jax.train.state import build_model, dummy_batch
+
+    cfg = load_config(str(ROOT / "configs" / "vit_b16_pod.py") + ":tiny")
+    model = build_model(cfg)
+    batch = dummy_batch(cfg.model, 8)
+    params = jax.eval_shape(model.init_params, jax.random.key(0), batch)
+    ref = flops.flops_per_example(model, params, batch)["train_flops"] * r["global_batch_size"]
+    assert 0.8 * ref <= r["flops_per_step"] <= 1.6 * ref, (r["flops_per_step"], ref)
+    assert np.isclose(r["step_s_at_peak"], r["flops_per_step"] / (4 * 197e12))
+    assert np.isclose(r["days_at_40pct_mfu"], r["step_s_at_peak"] / 0.4 * 100 / 86400)
+
+
+@pytest.mark.slow
+def test_aot_exit_2_when_the_step_does_not_fit(tmp_path):
+    # a 100M-word vocabulary: 6.4 GB of embedding per chip (half of it, FSDP), x4 with Adam
+    # moments and gradients
+    p = aot("--config", "configs/vit_b16_pod.py:tiny", "--topology", "v5e:2x2", "--no-flops",
+            "--config.model.text.vocab_size=100000000", "--json", str(tmp_path / "r.json"))
+    assert p.returncode == 2, p.stderr[-2000:]
+    (r,) = json.loads((tmp_path / "r.json").read_text())
+    assert not r["fits"] and r["per_chip_bytes"] > r["hbm_bytes"]
+    assert r["largest_buffers"][0]["bytes"] >= 100_000_000 * 32 * 4 // 2
+    line = [l for l in p.stderr.splitlines() if l.startswith("wristmir aot")]
+    assert len(line) == 1 and "does not fit" in line[0] and "v5e:2x2" in line[0]
+    assert "DOES NOT FIT" in p.stdout
