@@ -22,10 +22,10 @@ def _unit(x):
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def make_inputs(seed=0):
+def make_inputs(seed=0, d=D):
     rng = np.random.default_rng(seed)
-    emb = {"spatial_img": _unit(rng.normal(size=(B, M_H, M_W, D))),
-           "word_txt": _unit(rng.normal(size=(B, L, D))),
+    emb = {"spatial_img": _unit(rng.normal(size=(B, M_H, M_W, d))),
+           "word_txt": _unit(rng.normal(size=(B, L, d))),
            "word_attn_scale": np.float64(3.0 + rng.random()),
            "word_scale": np.float64(8.0 + rng.random())}
     lengths = rng.integers(2, L + 1, size=B)
@@ -48,7 +48,7 @@ def _lse(x):
 
 def reference(emb, batch, agg=5.0):
     """Loops over pairs, words and locations with explicit context vectors."""
-    v = _unit(np.asarray(emb["spatial_img"], np.float64).reshape(B, -1, D))
+    v = _unit(np.asarray(emb["spatial_img"], np.float64).reshape(B, M_H * M_W, -1))
     w = _unit(np.asarray(emb["word_txt"], np.float64))
     mask = np.asarray(batch["global_mask"]) > 0
     ids = np.asarray(batch["global_caption_id"])
@@ -73,17 +73,19 @@ def _jax(tree, dtype):
             for k, v in tree.items()}
 
 
-@pytest.mark.parametrize("seed,agg", [(0, 5.0), (1, 2.0)])
-def test_value_matches_numpy_reference(seed, agg):
-    emb, batch = make_inputs(seed)
+# d=8: norms through the Gram matrices (M = L = 6 <= D); d=4: from the context vectors.
+@pytest.mark.parametrize("seed,agg,d", [(0, 5.0, 8), (1, 2.0, 8), (2, 5.0, 4)])
+def test_value_matches_numpy_reference(seed, agg, d):
+    emb, batch = make_inputs(seed, d)
     got, aux = jax.jit(lambda e, b: losses.get("word_region")(e, b, {"agg": agg}))(
         _jax(emb, jnp.float32), _jax(batch, jnp.float32))
     np.testing.assert_allclose(float(got), reference(emb, batch, agg), rtol=2e-5)
     assert set(aux) >= {"i2t", "t2i", "pos_words", "pos_locations"}
 
 
-def test_gradient_matches_finite_differences():
-    emb, batch = make_inputs(2)
+@pytest.mark.parametrize("d", [8, 4])
+def test_gradient_matches_finite_differences(d):
+    emb, batch = make_inputs(2, d)
     with jax.enable_x64(True):
         grad = jax.jit(jax.grad(lambda e, b: losses.get("word_region")(e, b, None)[0]))(
             _jax(emb, jnp.float64), _jax(batch, jnp.float64))

@@ -15,8 +15,9 @@ rows L2-normalised, G_ij[t,m] = <W_jt, V_im>:
   global_clip.
 `attn` and `scale` are learned (the model's word_attn_scale and word_scale); `agg` (GLoRIA's
 gamma_2, 5) is a config parameter. Cosines with the context vectors are computed without forming
-them: <W_t, c_t> = sum_m a_tm G[t,m] and |c_t|^2 = a_t^T (V V^T) a_t, so memory is B^2 (L M + L^2
-+ M^2) rather than B^2 L D.
+them where that is cheaper: <W_t, c_t> = sum_m a_tm G[t,m] always, and |c_t|^2 = a_t^T (V V^T) a_t
+when M <= D (else from c itself); likewise |u_m|^2 through W W^T when L <= D. Cost per pair:
+L M D for G plus L M min(M, D) and M L min(L, D).
 """
 
 from __future__ import annotations
@@ -51,19 +52,28 @@ def word_region_scores(spatial, words, word_mask, attn_scale, agg: float = 5.0):
     v = _unit(spatial.reshape(spatial.shape[0], -1, spatial.shape[-1]))
     words = _unit(words)
     g = jnp.einsum("jtd,imd->ijtm", words, v)                       # [Bi,Bj,L,M]
-    kv = jnp.einsum("imd,ind->imn", v, v)                           # [Bi,M,M]
-    kw = jnp.einsum("jtd,jsd->jts", words, words)                   # [Bj,L,L]
+    m, length, d = v.shape[1], words.shape[1], v.shape[-1]
     wm = word_mask[None, :, :, None]                                # [1,Bj,L,1]
-    # word -> locations
+    # word -> locations; |c|^2 through the M x M Gram matrix unless forming c is cheaper (M > D)
     a = jax.nn.softmax(attn_scale * g, axis=3)
     num = jnp.sum(a * g, axis=3)
-    norm2 = jnp.einsum("ijtm,imn,ijtn->ijt", a, kv, a)
+    if m <= d:
+        kv = jnp.einsum("imd,ind->imn", v, v)                       # [Bi,M,M]
+        norm2 = jnp.einsum("ijtm,imn,ijtn->ijt", a, kv, a)
+    else:
+        c = jnp.einsum("ijtm,imd->ijtd", a, v)
+        norm2 = jnp.sum(c * c, axis=3)
     cos_w = num * jax.lax.rsqrt(jnp.maximum(norm2, _EPS))
     r_w = _smooth_max(cos_w, word_mask[None], agg, axis=2)
     # locations -> words
     b = _masked_softmax(attn_scale * g, wm, axis=2)
     num = jnp.sum(b * g, axis=2)                                    # [Bi,Bj,M]
-    norm2 = jnp.einsum("ijtm,jts,ijsm->ijm", b, kw, b)
+    if length <= d:
+        kw = jnp.einsum("jtd,jsd->jts", words, words)               # [Bj,L,L]
+        norm2 = jnp.einsum("ijtm,jts,ijsm->ijm", b, kw, b)
+    else:
+        u = jnp.einsum("ijtm,jtd->ijmd", b, words)
+        norm2 = jnp.sum(u * u, axis=3)
     cos_r = num * jax.lax.rsqrt(jnp.maximum(norm2, _EPS))
     r_r = jax.nn.logsumexp(agg * cos_r, axis=2) / agg
     return 0.5 * (r_w + r_r), r_w, r_r
