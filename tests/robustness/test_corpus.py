@@ -135,7 +135,9 @@ def test_build_rejects_corrupt_and_oversized_images_counts_add(tmp_path, capsys,
     rej = _rejects(out / "build.rejects.jsonl")
     reasons = {r.get("id"): r["reason"] for r in rej}
     assert man[0]["id"] in reasons and "pixel limit" in reasons[man[1]["id"]]
-    assert sum(res["counts"].values()) + len(rej) == len(man)
+    c = res["counts"]["manifest"]
+    assert c["read"] == len(man) and c["read"] == c["used"] + c["rejected"]
+    assert c["used"] == sum(res["counts"]["written"].values()) == len(man) - 2
 
 
 # --- localize ---------------------------------------------------------------------------------------
