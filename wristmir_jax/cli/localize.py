@@ -312,14 +312,17 @@ def _predict(args) -> int:
     from wristmir_jax.utils.fs import atomic_write
     from wristmir_jax.utils.progress import track
 
-    loc = Localizer.load(args.workdir, batch_size=args.batch_size, refine=not args.no_refine)
-    if loc.refiner is not None:
-        log.info("refining %s with the second stage", ",".join(loc.refiner.cfg.regions))
+    if args.batch_size <= 0 or args.workers < 0:
+        raise UserError(f"--batch-size must be >= 1 and --workers >= 0 (got {args.batch_size}, "
+                        f"{args.workers})")
     rejects = Rejects(args.manifest, strict=args.strict)
     rows = read_manifest(args.manifest, rejects, split=args.split)
     if args.split is not None and not rows:  # a typo must not write an empty file and exit 0
         raise UserError(f"no manifest rows in split {args.split!r}", path=args.manifest)
     n_manifest_rejects = len(rejects)
+    loc = Localizer.load(args.workdir, batch_size=args.batch_size, refine=not args.no_refine)
+    if loc.refiner is not None:
+        log.info("refining %s with the second stage", ",".join(loc.refiner.cfg.regions))
 
     def load(row):
         try:

@@ -27,6 +27,7 @@ from typing import Any, IO, Iterable, Iterator
 import fsspec
 
 from wristmir_jax.errors import UserError
+from wristmir_jax.utils.leftovers import clean_stale, tmp_prefix
 
 
 # --- what kind of path ---------------------------------------------------------------------
@@ -371,7 +372,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+        clean_stale(folder, ".tmp-", dirs=False)
+        fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(".tmp-"), dir=folder)
     except OSError as e:
         raise UserError(f"cannot write here ({e.strerror})", path=path) from None
     try:
@@ -419,7 +421,9 @@ def atomic_output_dir(out_dir: str | os.PathLike, overwrite: bool = False,
     parent = os.path.dirname(out_dir)
     try:
         os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+        prefix = f".{os.path.basename(out_dir)}.tmp-"
+        clean_stale(parent, prefix, dirs=True)  # left by a killed run (utils/leftovers.py)
+        tmp = tempfile.mkdtemp(prefix=tmp_prefix(prefix), dir=parent)
     except OSError as e:
         raise UserError(f"cannot create output directory ({e.strerror})", path=out_dir) from None
     try:
