@@ -47,11 +47,11 @@ def test_aot_compiles_the_pod_step_for_v5e(tmp_path):
     # loss and the optimizer, a few percent at this size.
     from wristmir_jax.config import load_config
     from wristmir_jax.models import flops
-    from wristmir_jax.train.state import build_model, dummy_batch
+    from wristmir_jax.train.state import build_model, task_module
 
     cfg = load_config(str(ROOT / "configs" / "vit_b16_pod.py") + ":tiny")
     model = build_model(cfg)
-    batch = dummy_batch(cfg.model, 8)
+    batch = task_module(cfg).init_batch(cfg, 8)
     params = jax.eval_shape(model.init_params, jax.random.key(0), batch)
     ref = flops.flops_per_example(model, params, batch)["train_flops"] * r["global_batch_size"]
     assert 0.8 * ref <= r["flops_per_step"] <= 1.6 * ref, (r["flops_per_step"], ref)

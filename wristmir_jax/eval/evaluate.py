@@ -131,9 +131,10 @@ def linear_probe(ta: Any, test_q: QueryEmbeddings, q_labels: np.ndarray, seed: i
 
 def knn_diagnosis(rankings: dict, q_labels: np.ndarray, db_labels: np.ndarray, knn_k: int) -> dict:
     """Per method, F1/AUROC/AUPRC per bone of the top-`knn_k` neighbours' vote;
-    rankings[(bone, method)] = (scores, database positions) of that bone's condition."""
+    rankings[(bone, method)] = (scores, database positions) of that bone's condition; the methods
+    are those ranked for every bone (a probe may leave out the exhaustive rerank)."""
     knn: dict[str, dict] = {}
-    for m in METHODS:
+    for m in [m for m in METHODS if all((r, m) in rankings for r in REGIONS)]:
         res = {"f1": {}, "auroc": {}, "auprc": {}}
         for r_i, r in enumerate(REGIONS):
             neigh = rankings[(r, m)][1][:, :knn_k]

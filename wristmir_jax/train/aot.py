@@ -32,7 +32,7 @@ from wristmir_jax.errors import UserError
 from wristmir_jax.train import setup
 from wristmir_jax.train.checkpoint import abstract_like
 from wristmir_jax.train.mesh import make_mesh
-from wristmir_jax.train.state import batch_shardings, dummy_batch
+from wristmir_jax.train.state import batch_shardings, task_module
 
 GIB = 1024 ** 3
 
@@ -109,7 +109,7 @@ def abstract_run(cfg: ml_collections.ConfigDict, mesh) -> setup.Run:
 
 def abstract_batch(cfg: ml_collections.ConfigDict, mesh) -> dict:
     """The global batch's ShapeDtypeStructs with the trainer's batch shardings."""
-    one = dummy_batch(cfg.model, 1)
+    one = task_module(cfg).init_batch(cfg, 1)
     gbs = int(cfg.data.global_batch_size)
     shapes = {k: jax.ShapeDtypeStruct((gbs,) + v.shape[1:], v.dtype) for k, v in one.items()}
     return abstract_like(shapes, batch_shardings(shapes, mesh))

@@ -33,7 +33,8 @@ Sections (every field can be overridden: `--config.optim.lr=3e-4`):
                            ("val/loss", "min" here; the demo: "knn_probe/two_stage_mean_auroc", "max")
   evals                    {name: {type, every (0: train.eval_every), ...}} run by the trainer
                            (train/evaluators.py; the task's EVALUATORS name the types)
-  retrieval                alpha, region_weights, coarse_k, region_alpha (retrieval.rerank), knn_k
+  retrieval                alpha, region_weights, coarse_k, region_alpha, coarse_union
+                           (retrieval.rerank), knn_k
                            (kNN diagnosis): read by the knn_probe evaluator, `search` and
                            `evaluate` (from the workdir's config.json; `--config.retrieval.x=v`)
   mesh.data/fsdp/tensor    mesh axis sizes, one may be -1 (all remaining devices)
@@ -52,7 +53,8 @@ def retrieval_defaults() -> ml_collections.ConfigDict:
     """The `retrieval` section (equal to retrieval.rerank.RerankSettings() and eval's kNN k,
     which a test checks)."""
     return ml_collections.ConfigDict(dict(alpha=1.0, region_weights=(1.0, 1.0, 1.0), coarse_k=200,
-                                          region_alpha=0.25, knn_k=10))
+                                          region_alpha=0.25, coarse_union=True,
+                                          knn_k=10))
 
 
 def train_defaults() -> ml_collections.ConfigDict:
