@@ -46,10 +46,11 @@ from wristmir_jax.localize.refiner import (REFINER_CHECK_FILE, REFINER_DIR, Refi
 from wristmir_jax.localize.refiner_train import (RefineSet, WindowCollector, iou_before_after,
                                                 refine_on_windows)
 from wristmir_jax.schema import REGIONS
-from wristmir_jax.tasks import styloid_refiner as st
+from wristmir_jax.tasks import bone_localizer as bl, styloid_refiner as st
 from wristmir_jax.tasks.styloid_refiner import jitter_config, refiner_config
 from wristmir_jax.train import trainer
 from wristmir_jax.train.checkpoint import params_sha256, restore_for_inference
+from wristmir_jax.train.validate import check_train_config
 from wristmir_jax.utils.fs import atomic_write
 from wristmir_jax.utils.jsonl import Rejects, dumps, rejects_path, write_jsonl
 from wristmir_jax.utils.log import get_logger
@@ -108,15 +109,17 @@ def _train(args) -> int:
     if str(cfg.get("task", "")) != "bone_localizer":
         raise UserError(f"config task is {cfg.get('task')!r}, not 'bone_localizer' "
                         "(use configs/localizer.py)", path=args.config)
+    rcfg = _refiner_train_config(cfg) if cfg.refine else None
+    # A bad setting of either stage stops here, before any image is read.
+    check_train_config(bl.resolve_config(cfg))
+    if rcfg is not None:
+        check_train_config(st.resolve_config(rcfg))
     w = os.path.abspath(args.workdir)
     if args.overwrite:
         for name in (LOCALIZER_DIR, REFINER_DIR, PRIOR_FILE, REFINER_CHECK_FILE, "summary.json"):
             path = os.path.join(w, name)
             shutil.rmtree(path) if os.path.isdir(path) else os.path.exists(path) and os.remove(path)
     os.makedirs(w, exist_ok=True)
-    rcfg = _refiner_train_config(cfg) if cfg.refine else None
-    if rcfg is not None:
-        st.resolve_config(rcfg)  # a bad refiner setting stops here, before any training
     # Both stages read the images loaded here (the refiner's windows are cut meanwhile).
     keep = (WindowCollector(refiner_config(rcfg), jitter_config(rcfg)) if rcfg is not None
             else None)
