@@ -118,7 +118,10 @@ def _train(args) -> int:
     if args.overwrite:
         for name in (LOCALIZER_DIR, REFINER_DIR, PRIOR_FILE, REFINER_CHECK_FILE, "summary.json"):
             path = os.path.join(w, name)
-            shutil.rmtree(path) if os.path.isdir(path) else os.path.exists(path) and os.remove(path)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
     os.makedirs(w, exist_ok=True)
     # Both stages read the images loaded here (the refiner's windows are cut meanwhile).
     keep = (WindowCollector(refiner_config(rcfg), jitter_config(rcfg)) if rcfg is not None
