@@ -27,15 +27,33 @@ def _timeit(fn, repeats: int) -> tuple[float, float]:
     return (time.perf_counter() - t0) / repeats, (time.process_time() - c0) / repeats
 
 
+def _trainer_step(config: str, host_batch: dict, repeats: int) -> tuple[float, float]:
+    """(wall, CPU) seconds of one compiled train step of configs/<config>.py's task."""
+    import jax
+
+    from wristmir_jax.config import load_config
+    from wristmir_jax.train.setup import build_run
+
+    cfg = load_config(config, [f"--config.data.global_batch_size={len(next(iter(host_batch.values())))}"])
+    run = build_run(cfg)
+    batch = run.global_batch(host_batch)
+    run.compile(batch)
+    holder = {"state": run.state}
+
+    def once():
+        holder["state"], m = run.train_step(holder["state"], batch)
+        jax.block_until_ready(m["loss"])
+
+    return _timeit(once, max(1, repeats // 2))
+
+
 def run(quick: bool = False) -> dict:
     import jax
 
     from wristmir_jax.localize.localizer import (Localizer, LocalizerConfig, init_params,
                                                 predict_prepared)
-    from wristmir_jax.localize.localizer_train import make_optimizer, make_train_step
     from wristmir_jax.localize.refiner import Refiner, RefinerConfig
     from wristmir_jax.localize.refiner import init_params as refiner_init
-    from wristmir_jax.localize.refiner_train import make_train_step as refiner_train_step
 
     size = 256
     batch = 32
@@ -67,36 +85,17 @@ def run(quick: bool = False) -> dict:
     loc_ref = Localizer(cfg, params, batch_size=batch, refiner=refiner)
     t_e2e_ref, _ = _timeit(lambda: loc_ref.predict(originals, ["left"] * batch), max(1, repeats // 2))
 
-    # One training step (batch 32): how many steps fit in the 10-minute training budget.
-    tx = make_optimizer(3e-3, 1000)
-    step = make_train_step(cfg, tx)
-    state = {"p": init_params(cfg, 1), "o": None}
-    state["o"] = tx.init(state["p"])
+    # One training step of each stage (batch 32, the configs' default) through the shared
+    # trainer's compiled step (train/setup.build_run): how many fit in the training budget.
     imgs = (x * 255).astype(np.uint8)
     boxes = np.tile(np.array([[40, 60, 100, 140], [120, 70, 160, 140], [140, 50, 156, 66]],
                              np.float32), (batch, 1, 1))
-    has = np.ones((batch, 3), np.float32)
-    key = jax.random.PRNGKey(0)
-
-    def train_once():
-        state["p"], state["o"], loss, _ = step(state["p"], state["o"], imgs, boxes, has, key)
-        jax.block_until_ready(loss)
-
-    t_step, cpu_step = _timeit(train_once, max(1, repeats // 2))
-
-    # One refiner training step (batch 32, the `localize train` default).
-    rtx = make_optimizer(3e-3, 800)
-    rstep = refiner_train_step(rcfg, rtx)
-    rstate = {"p": refiner_init(rcfg, 1)}
-    rstate["o"] = rtx.init(rstate["p"])
-    rx = patches[:32]
+    t_step, cpu_step = _trainer_step("localizer", {"image": imgs, "boxes": boxes,
+                                                    "has_box": np.ones((batch, 3), np.float32)},
+                                     repeats)
     rgold = np.tile(np.array([21, 21, 43, 43], np.float32), (32, 1))
-
-    def refiner_train_once():
-        rstate["p"], rstate["o"], loss, _ = rstep(rstate["p"], rstate["o"], rx, region[:32], rgold, key)
-        jax.block_until_ready(loss)
-
-    t_rstep, cpu_rstep = _timeit(refiner_train_once, max(1, repeats // 2))
+    t_rstep, cpu_rstep = _trainer_step("refiner", {"patch": patches[:32], "region": region[:32],
+                                                   "gold": rgold}, repeats)
     return {
         "image_size": size, "batch_size": batch,
         "inference_images_per_s": round(ips, 1),

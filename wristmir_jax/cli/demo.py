@@ -26,11 +26,13 @@ from wristmir_jax.utils.fs import atomic_write
 # The bone crops come from the original 512 px image, so 64 px crops keep the fracture detail while
 # the 128 px global image (like a thumbnail) does not: the point of the region stage.
 # The captions are tokenised for the packaged all-MiniLM-L6-v2 text tower cpu_demo uses (frozen).
-FULL = dict(n=2000, image_size=512, localizer_steps=1000, localizer_batch=16, data_image_size=128,
-            data_crop_size=64, tokenizer="minilm", train_config="cpu_demo", train_overrides=())
-# --quick skips the styloid refiner (its compile and steps cost ~30 s of a 5-minute budget).
-QUICK = dict(n=400, image_size=512, localizer_steps=100, localizer_batch=16,
-             localizer_extra=("--no-refine",), data_image_size=128, data_crop_size=64,
+FULL = dict(n=2000, image_size=512, localizer_config="localizer", localizer_steps=1000,
+            localizer_batch=16, data_image_size=128, data_crop_size=64, tokenizer="minilm",
+            train_config="cpu_demo", train_overrides=())
+# --quick (configs/localizer.py:quick) skips the styloid refiner (its compile and steps cost
+# ~30 s of a 5-minute budget).
+QUICK = dict(n=400, image_size=512, localizer_config="localizer:quick", localizer_steps=100,
+             localizer_batch=16, data_image_size=128, data_crop_size=64,
              tokenizer="minilm", train_config="cpu_demo:quick", train_overrides=())
 
 
@@ -45,6 +47,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="rerun every stage")
 
 
+def _config_arg(config_dir: str, name: str) -> str:
+    """"cpu_demo:quick" -> "<config_dir>/cpu_demo.py:quick"."""
+    base, sep, arg = name.partition(":")
+    return os.path.join(config_dir, base + ".py") + sep + arg
+
+
 def _stage_plan(out: str, sizes: dict, seed: int, config_dir: str) -> list[tuple[str, list[str], list[str]]]:
     """(stage, wristmir argv, the paths the stage writes: removed before it reruns from scratch)."""
     synth = os.path.join(out, "synth")
@@ -54,17 +62,16 @@ def _stage_plan(out: str, sizes: dict, seed: int, config_dir: str) -> list[tuple
     boxes = os.path.join(out, "boxes.jsonl")
     data = os.path.join(out, "data")
     work = os.path.join(out, "workdir")
-    cfg = os.path.join(config_dir, sizes["train_config"].split(":")[0] + ".py")
-    cfg_arg = cfg + (":" + sizes["train_config"].split(":")[1] if ":" in sizes["train_config"] else "")
+    cfg_arg = _config_arg(config_dir, sizes["train_config"])
     return [
         ("synth", ["synth", "--out", synth, "--n", str(sizes["n"]), "--seed", str(seed),
                    "--image-size", str(sizes["image_size"]), "--overwrite"], [synth]),
         ("mine", ["mine", "--manifest", manifest, "--out", mined], [mined]),
-        ("localize-train", ["localize", "train", "--manifest", manifest,
-                            "--boxes", os.path.join(synth, "gold.jsonl"), "--workdir", loc,
-                            "--steps", str(sizes["localizer_steps"]),
-                            "--batch-size", str(sizes["localizer_batch"]),
-                            *sizes.get("localizer_extra", ())], [loc]),
+        ("localize-train", ["localize", "train", "--config", _config_arg(config_dir, sizes["localizer_config"]),
+                            "--workdir", loc, f"--config.data.manifest={manifest}",
+                            f"--config.data.boxes={os.path.join(synth, 'gold.jsonl')}",
+                            f"--config.train.steps={sizes['localizer_steps']}",
+                            f"--config.data.global_batch_size={sizes['localizer_batch']}"], [loc]),
         ("localize-predict", ["localize", "predict", "--manifest", manifest, "--workdir", loc,
                               "--out", boxes], [boxes]),
         ("localize-eval", ["localize", "eval", "--manifest", manifest,

@@ -1,12 +1,10 @@
 """Pieces both localizer stages share: the conv + GroupNorm + ReLU block, 2x upsampling,
-generalised IoU, and the flat parameter layout their safetensors files use."""
+and generalised IoU."""
 
 from __future__ import annotations
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
-from flax import traverse_util
 
 from wristmir_jax.models.conv import Conv
 
@@ -40,9 +38,3 @@ def giou(a, b):
     ch = jnp.maximum(a[..., 3], b[..., 3]) - jnp.minimum(a[..., 1], b[..., 1])
     hull = jnp.maximum(cw * ch, 1e-6)
     return iou - (hull - union) / hull
-
-
-def flatten_params(params) -> dict[str, np.ndarray]:
-    """{'a/b/kernel': f32 array}: the safetensors layout of saved weights."""
-    flat = traverse_util.flatten_dict(params, sep="/")
-    return {k: np.asarray(v, np.float32) for k, v in flat.items()}

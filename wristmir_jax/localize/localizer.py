@@ -10,43 +10,38 @@ size), L1 on offset and log size at the true centre cell, and a GIoU term on the
 
 Everything here is pure: `apply`, `localizer_loss` and `decode` are jittable functions of arrays;
 `Localizer` wraps trained parameters for batched, jitted inference on original images and maps
-boxes back to original pixels through `preprocess.Geometry`. Weights are saved as safetensors
-(no pickle) next to a JSON config and the crop prior (`BoxPrior`) learned from training boxes.
-A second stage (`refiner.py`, trained by `localize train` unless `--no-refine`) re-estimates small
-boxes (by default the ulnar styloid) on an original-resolution patch; `Localizer.load` picks it
-up when the workdir has one, and workdirs without it predict with the first stage alone.
+boxes back to original pixels through `preprocess.Geometry`. Training is the shared trainer's
+(task `bone_localizer`, tasks/bone_localizer.py): a localizer workdir holds its orbax workdir
+`localizer/`, the crop prior (`BoxPrior`, box_prior.json) learned from training boxes and, unless
+`--config.refine=False`, the second stage (`refiner.py`, task `styloid_refiner`, `refiner/`) that
+re-estimates small boxes (by default the ulnar styloid) on an original-resolution patch;
+`Localizer.load` picks it up when present, else it predicts with the first stage alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import os
 from functools import partial
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
-from safetensors.numpy import save
 
 from wristmir_jax.errors import UserError
 from wristmir_jax.imaging.crops import BoxPrior
-from wristmir_jax.imaging.jsonconfig import JsonConfig, load_weights
+from wristmir_jax.imaging.jsonconfig import JsonConfig
 from wristmir_jax.imaging.preprocess import normalize, prepare
-from wristmir_jax.localize.blocks import ConvNormAct, flatten_params, giou, up2
-from wristmir_jax.localize.refiner import Refiner, canonical_image
+from wristmir_jax.localize.blocks import ConvNormAct, giou, up2
+from wristmir_jax.localize.refiner import canonical_image, load_refiner
 from wristmir_jax.models.conv import Conv
 from wristmir_jax.schema import NUM_REGIONS, REGIONS
-from wristmir_jax.utils.fs import atomic_write
 
-CONFIG_FILE = "localizer_config.json"
-PARAMS_FILE = "localizer_params.safetensors"
 PRIOR_FILE = "box_prior.json"
+LOCALIZER_DIR = "localizer"   # the first stage's trainer workdir inside a localizer workdir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,9 +105,10 @@ def _model(cfg: LocalizerConfig) -> BoneLocalizer:
                          fine_width=cfg.fine_width)
 
 
-def init_params(cfg: LocalizerConfig, seed: int = 0):
+def init_params(cfg: LocalizerConfig, seed: int = 0, *, key=None):
+    """Fresh parameters from `key` (default PRNGKey(seed))."""
     x = jnp.zeros((1, cfg.image_size, cfg.image_size, 1), jnp.float32)
-    return _model(cfg).init(jax.random.PRNGKey(seed), x)["params"]
+    return _model(cfg).init(jax.random.PRNGKey(seed) if key is None else key, x)["params"]
 
 
 def apply(cfg: LocalizerConfig, params, images):
@@ -165,10 +161,11 @@ def _boxes_from_reg(cells, reg_at, stride: int):
 REGION_BOX_WEIGHTS = (1.0, 1.0, 2.0)
 
 
-def localizer_loss(cfg: LocalizerConfig, params, images, boxes, has_box, weights=(1.0, 1.0, 1.0, 2.0)):
-    """(scalar, aux) for images f32[B,S,S], boxes f32[B,3,4] (prepared px), has_box f32[B,3]."""
+def localizer_loss(cfg: LocalizerConfig, heat_logits, reg, boxes, has_box,
+                   weights=(1.0, 1.0, 1.0, 2.0)):
+    """(scalar, aux) for the net's outputs (`apply`) on images f32[B,S,S], boxes f32[B,3,4]
+    (prepared px), has_box f32[B,3]."""
 
-    heat_logits, reg = apply(cfg, params, images)
     stride, grid = cfg.stride, cfg.grid
     target = heatmap_targets(boxes, has_box, stride, grid)
     pos = (target >= 1.0).astype(jnp.float32)
@@ -210,44 +207,6 @@ def predict_prepared(cfg: LocalizerConfig, params, images):
 
 
 # ---------------------------------------------------------------------------------------------
-# Saving and loading (safetensors + JSON; never pickle)
-# ---------------------------------------------------------------------------------------------
-def params_sha256(params) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(flatten_params(params).items()):
-        h.update(k.encode())
-        h.update(np.ascontiguousarray(v).tobytes())
-    return h.hexdigest()
-
-
-def save_localizer(workdir: str, cfg: LocalizerConfig, params, prior=None) -> None:
-    os.makedirs(workdir, exist_ok=True)
-    with atomic_write(os.path.join(workdir, PARAMS_FILE), "wb") as f:
-        f.write(save(flatten_params(params), metadata={"format": "wristmir-localizer"}))
-    with atomic_write(os.path.join(workdir, CONFIG_FILE)) as f:
-        json.dump(cfg.to_dict(), f, indent=1, sort_keys=True)
-    if prior is not None:
-        prior.save(os.path.join(workdir, PRIOR_FILE))
-
-
-def load_localizer(workdir: str):
-    """-> (cfg, params, prior or None); UserError when the workdir holds no trained localizer."""
-    cpath, ppath = os.path.join(workdir, CONFIG_FILE), os.path.join(workdir, PARAMS_FILE)
-    if not (os.path.exists(cpath) and os.path.exists(ppath)):
-        raise UserError(f"no trained localizer here (expected {CONFIG_FILE} and {PARAMS_FILE}; "
-                        "run `wristmir localize train` first)", path=workdir)
-    cfg, params = load_weights(cpath, ppath, LocalizerConfig, init_shapes, "localizer", workdir)
-    prior_path = os.path.join(workdir, PRIOR_FILE)
-    prior = BoxPrior.load(prior_path) if os.path.exists(prior_path) else None
-    return cfg, params, prior
-
-
-def init_shapes(cfg: LocalizerConfig) -> dict[str, tuple[int, ...]]:
-    shapes = jax.eval_shape(lambda: init_params(cfg))
-    return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(shapes, sep="/").items()}
-
-
-# ---------------------------------------------------------------------------------------------
 # Inference on original images
 # ---------------------------------------------------------------------------------------------
 def prepare_for_localizer(img: np.ndarray, laterality: str | None, cfg: LocalizerConfig):
@@ -271,13 +230,24 @@ class Localizer:
         self._fn = jax.jit(partial(predict_prepared, cfg))
 
     @classmethod
-    def load(cls, workdir: str, batch_size: int = 32, refine: bool = True) -> "Localizer":
-        """`refine=False` ignores a refiner in the workdir (first stage only)."""
-        cfg, params, prior = load_localizer(workdir)
+    def load(cls, workdir: str, restore: Callable, batch_size: int = 32, refine: bool = True
+             ) -> "Localizer":
+        """The localizer `localize train` wrote to `workdir`: its trainer workdirs `localizer/`
+        and (when trained and kept) `refiner/`, read by `restore(folder) -> (model, params,
+        cfg)` (train.checkpoint.restore_for_inference: the best checkpoint, else the latest;
+        passed in because localize sits below train). `refine=False` ignores the refiner."""
+        stage1 = os.path.join(workdir, LOCALIZER_DIR)
+        if not os.path.exists(os.path.join(stage1, "config.json")):
+            raise UserError(f"no trained localizer here (expected {LOCALIZER_DIR}/config.json; "
+                            "run `wristmir localize train` first)", path=workdir)
+        _, params, tcfg = restore(stage1)
+        cfg = LocalizerConfig.from_dict(tcfg.model.to_dict())
+        prior_path = os.path.join(workdir, PRIOR_FILE)
+        prior = BoxPrior.load(prior_path) if os.path.exists(prior_path) else None
         # One refiner patch per image and region: its batch follows the localizer's (a batch-1
         # query does not pay for 64 padded patches).
-        refiner = Refiner.load(workdir, batch_size=batch_size) if refine else None
-        return cls(cfg, params, prior, batch_size, refiner)
+        refiner = load_refiner(workdir, restore, batch_size) if refine else None
+        return cls(cfg, jax.device_get(params), prior, batch_size, refiner)
 
     def predict_prepared(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """f32[N, S, S] -> (boxes f32[N, 3, 4] prepared px, scores f32[N, 3]), any N."""

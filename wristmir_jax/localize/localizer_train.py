@@ -1,10 +1,11 @@
-"""Training and evaluating the bone localizer: image caching in the canonical frame, the jitted
-optax train step, box metrics (per-region mean IoU and hit rate at IoU >= 0.5).
+"""The bone localizer's training data and box metrics: image caching in the canonical frame, the
+host-side augmentation, per-region mean IoU and hit rate at IoU >= 0.5. The training loop is the
+shared trainer's (tasks/bone_localizer.py, tasks/styloid_refiner.py).
 
 Images are loaded once, normalised, canonicalised (`prepare`) and kept in memory as uint8
 [N, S, S] (1500 images at 256 px are ~100 MB), with their gold boxes mapped into that frame.
-Augmentation: a random translation that keeps every box inside the square (host side, cheap)
-and a random gamma (inside the jitted step). `load_prepared(..., keep=fn)` also hands each
+Augmentation: a random translation that keeps every box inside the square (`translate`, host
+side, cheap) and a random gamma (inside the jitted step). `load_prepared(..., keep=fn)` also hands each
 normalised original in the canonical orientation to `fn` while it is in memory (the refiner's
 `WindowCollector` keeps windows around the gold boxes from it), so images are read once.
 """
@@ -12,23 +13,25 @@ normalised original in the canonical orientation to `fn` while it is in memory (
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from typing import Any, Callable, Mapping, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-from wristmir_jax.imaging.boxes import ManifestRow, box_iou
+from wristmir_jax.errors import UserError
+from wristmir_jax.imaging.boxes import ManifestRow, box_iou, read_boxes, read_manifest
 from wristmir_jax.imaging.io import ImageError, load_image
-from wristmir_jax.localize.localizer import LocalizerConfig, init_params, localizer_loss
-from wristmir_jax.localize.refiner import canonical_image
 from wristmir_jax.imaging.preprocess import Geometry, normalize, prepare
+from wristmir_jax.localize.localizer import LocalizerConfig
+from wristmir_jax.localize.refiner import canonical_image
 from wristmir_jax.schema import NUM_REGIONS, REGIONS
 from wristmir_jax.utils.jsonl import Rejects
+from wristmir_jax.utils.log import get_logger
+from wristmir_jax.utils.progress import track
+
+log = get_logger("localize")
 
 HIT_IOU = 0.5
 
@@ -94,7 +97,7 @@ def load_prepared(rows: Sequence[ManifestRow], cfg: LocalizerConfig, rejects: Re
     return PreparedSet(kept, images, geos, boxes, has, extras if keep is not None else None)
 
 
-def _translate(images: np.ndarray, boxes: np.ndarray, has: np.ndarray, rng: np.random.Generator,
+def translate(images: np.ndarray, boxes: np.ndarray, has: np.ndarray, rng: np.random.Generator,
                max_shift: int) -> tuple[np.ndarray, np.ndarray]:
     """Random shift per image, limited so that every annotated box stays inside the square."""
     n, s, _ = images.shape
@@ -112,57 +115,6 @@ def _translate(images: np.ndarray, boxes: np.ndarray, has: np.ndarray, rng: np.r
         out[i, max(dy, 0):max(dy, 0) + src.shape[0], max(dx, 0):max(dx, 0) + src.shape[1]] = src
         boxes[i] += np.array([dx, dy, dx, dy], np.float32) * (has[i][:, None] > 0)
     return out, boxes
-
-
-def make_optimizer(lr: float, steps: int):
-    warmup = max(1, min(200, steps // 10))
-    sched = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1), lr * 0.02)
-    return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=1e-4))
-
-
-def make_train_step(cfg: LocalizerConfig, tx):
-    def step(params, opt_state, images_u8, boxes, has_box, key):
-        x = images_u8.astype(jnp.float32) / 255.0
-        log_gamma = jax.random.uniform(key, (x.shape[0], 1, 1), minval=-0.35, maxval=0.35)
-        x = jnp.power(x, jnp.exp(log_gamma))
-        (loss, aux), grads = jax.value_and_grad(
-            partial(localizer_loss, cfg), has_aux=True)(params, x, boxes, has_box)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, aux
-
-    return jax.jit(step, donate_argnums=(0, 1))
-
-
-def train_localizer(train: PreparedSet, cfg: LocalizerConfig, steps: int, batch_size: int = 32,
-                    lr: float = 3e-3, seed: int = 0, max_shift: int | None = None,
-                    log_every: int = 50, on_log: Callable[[dict], None] | None = None):
-    """-> trained params. Only images with at least one box are used."""
-    usable = np.nonzero(train.has_box.sum(1) > 0)[0]
-    if len(usable) == 0:
-        raise ValueError("no training image has a box")
-    rng = np.random.default_rng(seed)
-    params = init_params(cfg, seed)
-    tx = make_optimizer(lr, steps)
-    opt_state = tx.init(params)
-    step_fn = make_train_step(cfg, tx)
-    key = jax.random.PRNGKey(seed)
-    shift = cfg.image_size // 8 if max_shift is None else max_shift
-    t0 = time.time()
-    order = rng.permutation(usable)
-    pos = 0
-    for it in range(1, steps + 1):
-        if pos + batch_size > len(order):
-            order, pos = rng.permutation(usable), 0
-        idx = order[pos:pos + batch_size] if len(order) >= batch_size else rng.choice(usable, batch_size)
-        pos += batch_size
-        imgs, boxes = _translate(train.images[idx], train.boxes[idx], train.has_box[idx], rng, shift)
-        key, sub = jax.random.split(key)
-        params, opt_state, loss, aux = step_fn(params, opt_state, imgs, boxes, train.has_box[idx], sub)
-        if on_log is not None and (it % log_every == 0 or it == steps):
-            row = {"step": it, "loss": float(loss), **{k: float(v) for k, v in aux.items()},
-                   "elapsed_s": round(time.time() - t0, 2)}
-            on_log(row)
-    return params
 
 
 def box_metrics(pred: Mapping[str, Mapping[str, Sequence[float] | None]],
@@ -184,3 +136,87 @@ def box_metrics(pred: Mapping[str, Mapping[str, Sequence[float] | None]],
             "mean_iou": float(np.mean(vals)) if vals else None,
             "min_hit_rate": float(np.min(hits)) if hits else None,
             "missing_predictions": int(sum(1 for i in ids if i not in pred))}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading a manifest + boxes once per process (both tasks and `localize train` share it)
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class LocalizeData:
+    """The loaded train and val splits (images with a laterality and at least one box), the
+    gold boxes by id, counts that add up, and the rejects (manifest, boxes, images)."""
+
+    train: PreparedSet
+    val: PreparedSet
+    boxes: dict
+    counts: dict
+    rejects: list
+    windows: Any = None   # the `keep` hook's identity (`spec`) the extras were cut with
+
+
+_LOADED: dict[tuple, LocalizeData] = {}
+
+
+def data_key(data_cfg, image_size: int, clip: Sequence[float]) -> tuple:
+    """What a load depends on (a config's `data` section and the canonical square)."""
+    classes = str(data_cfg.get("classes", "") or "")
+    return (os.path.abspath(str(data_cfg.manifest)), os.path.abspath(str(data_cfg.boxes)),
+            classes, int(image_size), tuple(float(c) for c in clip), bool(data_cfg.strict))
+
+
+def load_data(data_cfg, image_size: int, clip: Sequence[float], keep: Any = None) -> LocalizeData:
+    """Reads `data_cfg.manifest` and `data_cfg.boxes` (gold.jsonl / boxes.jsonl, COCO JSON or a
+    YOLO folder), loads split "train" (every row when the manifest has no splits) and "val".
+    Loaded once per process: a second call with the same key (and, with `keep`, the same
+    `keep.spec`) returns the same object, so `localize train` reads each image once for both
+    stages. `keep` (refiner_train.WindowCollector) cuts the refiner's windows while each image
+    is in memory."""
+    if not data_cfg.manifest or not data_cfg.boxes:
+        raise UserError("config data.manifest and data.boxes are required "
+                        "(--config.data.manifest=M --config.data.boxes=B)")
+    key = data_key(data_cfg, image_size, clip)
+    got = _LOADED.get(key)
+    if got is not None and (keep is None or got.windows == keep.spec):
+        return got
+    strict = bool(data_cfg.strict)
+    classes = [c.strip() for c in str(data_cfg.get("classes", "") or "").split(",") if c.strip()]
+    man_rej = Rejects(str(data_cfg.manifest), strict=strict)
+    rows = read_manifest(str(data_cfg.manifest), man_rej)
+    has_splits = any(r.split is not None for r in rows)
+    train_rows = [r for r in rows if r.split == "train"] if has_splits else rows
+    val_rows = [r for r in rows if r.split == "val"] if has_splits else []
+    box_rej = Rejects(str(data_cfg.boxes), strict=strict)
+    boxes = read_boxes(str(data_cfg.boxes), train_rows + val_rows, box_rej, classes=classes or None)
+    counts = {"manifest_rows": len(rows), "manifest_rejected": len(man_rej),
+              "box_annotations_rejected": len(box_rej)}
+    unknown = [r for r in train_rows if r.laterality is None]
+    train_rows = [r for r in train_rows if r.laterality is not None]
+    unboxed = [r for r in train_rows if not boxes.get(r.id)]
+    train_rows = [r for r in train_rows if boxes.get(r.id)]
+    counts.update({"train_unknown_laterality": len(unknown), "train_without_boxes": len(unboxed)})
+    if not train_rows:
+        raise UserError("no training image with both a laterality and at least one box "
+                        f"({len(unknown)} without laterality, {len(unboxed)} without boxes)",
+                        path=str(data_cfg.boxes))
+    cfg = LocalizerConfig(image_size=int(image_size), clip=tuple(float(c) for c in clip))
+    if keep is not None:
+        keep.boxes_by_id = boxes
+    img_rej = Rejects(str(data_cfg.manifest), strict=strict)
+    workers = int(data_cfg.workers)
+    t0 = time.time()
+    train = load_prepared(train_rows, cfg, img_rej, boxes, workers=workers, progress=track,
+                          keep=keep)
+    val_rows = [r for r in val_rows if r.laterality is not None and boxes.get(r.id)]
+    val = load_prepared(val_rows, cfg, img_rej, boxes, workers=workers, progress=track, keep=keep)
+    counts.update({"train_images": len(train), "val_images": len(val),
+                   "images_rejected": len(img_rej)})
+    log.info("loaded %d train and %d val images in %.1fs (%d rejected)", len(train), len(val),
+             time.time() - t0, len(img_rej))
+    if len(train) == 0:
+        raise UserError("no training image could be loaded (see the rejects file)",
+                        path=str(data_cfg.manifest))
+    data = LocalizeData(train, val, boxes, counts, man_rej.rows + box_rej.rows + img_rej.rows,
+                        None if keep is None else keep.spec)
+    _LOADED.clear()  # one data set in memory at a time (the demo's is ~200 MB)
+    _LOADED[key] = data
+    return data

@@ -24,11 +24,12 @@ Never silently worse: the first-stage score is kept; the refined box replaces th
 only when it is finite, at least `min_side` original px on each side, inside the patch, and its
 size is within `max_size_ratio` of the first stage's (`select_boxes`); otherwise the first-stage
 box stays. `localize train` also drops a region from the refiner when refining it lowers the
-validation mean IoU.
+validation mean IoU (REFINER_CHECK_FILE lists the regions kept).
 
 Pure, jittable pieces: `apply`, `decode_patch`, `refiner_loss`, `select_boxes`, `refine_patches`.
-`Refiner` wraps trained parameters for batched, jitted inference. Weights are safetensors (no
-pickle) next to `refiner_config.json` in the localizer's workdir.
+`Refiner` wraps trained parameters for batched, jitted inference. Training is the shared
+trainer's (task `styloid_refiner`, tasks/styloid_refiner.py); its orbax workdir is `refiner/`
+inside the localizer's workdir.
 """
 
 from __future__ import annotations
@@ -37,27 +38,22 @@ import dataclasses
 import json
 import os
 from functools import partial
-from typing import Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
-from safetensors.numpy import save
 
 from wristmir_jax.errors import UserError
 from wristmir_jax.imaging.crops import MIN_CROP_SIDE, crop_square
-from wristmir_jax.imaging.jsonconfig import JsonConfig, load_weights
-from wristmir_jax.localize.blocks import ConvNormAct, flatten_params, giou, up2
+from wristmir_jax.imaging.jsonconfig import JsonConfig
+from wristmir_jax.localize.blocks import ConvNormAct, giou, up2
 from wristmir_jax.models.conv import Conv
 from wristmir_jax.schema import NUM_REGIONS, REGIONS
-from wristmir_jax.utils.fs import atomic_write
 
-REFINER_CONFIG_FILE = "refiner_config.json"
-REFINER_PARAMS_FILE = "refiner_params.safetensors"
-REFINER_METRICS_FILE = "refiner_metrics.jsonl"
-REFINER_FILES = (REFINER_CONFIG_FILE, REFINER_PARAMS_FILE)
+REFINER_DIR = "refiner"                  # the trainer's workdir inside a localizer workdir
+REFINER_CHECK_FILE = "refiner_check.json"  # the validation check: {"regions_used": [...], ...}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,20 +193,15 @@ def _model(cfg: RefinerConfig) -> BoxRefinerNet:
                          group_norm=cfg.group_norm)
 
 
-def init_params(cfg: RefinerConfig, seed: int = 0):
-    """Fresh parameters. Shapes only are traced (`lazy_init`) and the jitted init draws with
-    XLA's RngBitGenerator: on the 2-core CPU that compiles in ~4 s, against ~18 s for an eager
-    threefry init, which matters in the refiner's two-minute training budget."""
+def init_params(cfg: RefinerConfig, seed: int = 0, *, key=None):
+    """Fresh parameters from `key` (default: XLA's RngBitGenerator from `seed`). Shapes only are
+    traced (`lazy_init`) and the init is jitted: on the 2-core CPU that compiles in ~4 s,
+    against ~18 s for an eager threefry init."""
     p = cfg.patch_size
     x = jax.ShapeDtypeStruct((1, p, p, 1), jnp.float32)
     r = jax.ShapeDtypeStruct((1,), jnp.int32)
-    key = jax.random.key(seed, impl="unsafe_rbg")
+    key = jax.random.key(seed, impl="unsafe_rbg") if key is None else key
     return jax.jit(lambda k: _model(cfg).lazy_init(k, x, r)["params"])(key)
-
-
-def init_shapes(cfg: RefinerConfig) -> dict[str, tuple[int, ...]]:
-    shapes = jax.eval_shape(lambda: init_params(cfg))
-    return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(shapes, sep="/").items()}
 
 
 def apply(cfg: RefinerConfig, params, patches, region):
@@ -244,14 +235,14 @@ def heat_targets(cfg: RefinerConfig, gold):
     return t / jnp.maximum(t.sum((1, 2), keepdims=True), 1e-6)
 
 
-def refiner_loss(cfg: RefinerConfig, params, patches, region, gold, weights=(1.0, 1.0, 2.0, 0.5)):
-    """(scalar, aux): patches f32[B, P, P], region i32[B], gold boxes f32[B, 4] in patch px.
+def refiner_loss(cfg: RefinerConfig, heat, reg, gold, weights=(1.0, 1.0, 2.0, 0.5)):
+    """(scalar, aux): the net's outputs (`apply`) on patches f32[B, P, P], gold boxes f32[B, 4]
+    in patch px.
 
     L1 on the centre in units of the gold box size, L1 on log size, 1 - GIoU, and a
     cross-entropy pulling the softmax towards the gold centre (a strong early signal that
     integral regression alone lacks).
     """
-    heat, reg = apply(cfg, params, patches, region)
     pred = decode_patch(cfg, heat, reg)
     g_wh = jnp.maximum(gold[:, 2:] - gold[:, :2], 1e-3)
     p_wh = jnp.maximum(pred[:, 2:] - pred[:, :2], 1e-3)
@@ -298,35 +289,30 @@ def refine_patches(cfg: RefinerConfig, params, patches, region, stage1, squares)
 
 
 # ---------------------------------------------------------------------------------------------
-# Saving and loading (safetensors + JSON; never pickle)
+# Loading (the trainer's orbax workdir `refiner/` inside a localizer workdir)
 # ---------------------------------------------------------------------------------------------
-def save_refiner(workdir: str, cfg: RefinerConfig, params) -> None:
-    os.makedirs(workdir, exist_ok=True)
-    with atomic_write(os.path.join(workdir, REFINER_PARAMS_FILE), "wb") as f:
-        f.write(save(flatten_params(params), metadata={"format": "wristmir-refiner"}))
-    with atomic_write(os.path.join(workdir, REFINER_CONFIG_FILE)) as f:
-        json.dump(cfg.to_dict(), f, indent=1, sort_keys=True)
+def restrict(rcfg: RefinerConfig, params, regions: Sequence[str]):
+    """The refiner limited to `regions` (a subset of rcfg.regions): -> (cfg, params)."""
+    keep = [rcfg.regions.index(r) for r in regions]
+    emb = params["Embed_0"]["embedding"]
+    params = {**params, "Embed_0": {"embedding": np.asarray(emb)[keep]}}
+    return dataclasses.replace(rcfg, regions=tuple(regions)), params
 
 
-def remove_refiner(workdir: str) -> None:
-    """Deletes a refiner from a workdir (a retrained localizer must not inherit an old one)."""
-    for name in REFINER_FILES + (REFINER_METRICS_FILE,):
-        path = os.path.join(workdir, name)
-        if os.path.exists(path):
-            os.remove(path)
-
-
-def load_refiner(workdir: str):
-    """-> (cfg, params), or None when the workdir holds no refiner (older workdirs)."""
-    cpath = os.path.join(workdir, REFINER_CONFIG_FILE)
-    ppath = os.path.join(workdir, REFINER_PARAMS_FILE)
-    have = [os.path.exists(cpath), os.path.exists(ppath)]
-    if not any(have):
+def load_refiner(workdir: str, restore: Callable, batch_size: int = 64) -> "Refiner | None":
+    """The refiner of a localizer workdir, limited to the regions `localize train` kept
+    (REFINER_CHECK_FILE), or None when there is none (not trained, or no region kept).
+    `restore(folder) -> (model, params, cfg)` reads the trainer's checkpoint."""
+    check = os.path.join(workdir, REFINER_CHECK_FILE)
+    if not os.path.exists(check):
         return None
-    if not all(have):
-        raise UserError(f"incomplete refiner (need both {REFINER_CONFIG_FILE} and "
-                        f"{REFINER_PARAMS_FILE}; retrain or delete the one present)", path=workdir)
-    return load_weights(cpath, ppath, RefinerConfig, init_shapes, "refiner", workdir)
+    with open(check, encoding="utf-8") as f:
+        regions = json.load(f).get("regions_used") or []
+    if not regions:
+        return None
+    _, params, tcfg = restore(os.path.join(workdir, REFINER_DIR))
+    rcfg = RefinerConfig.from_dict(tcfg.model.to_dict())
+    return Refiner(*restrict(rcfg, jax.device_get(params), regions), batch_size=batch_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,11 +324,6 @@ class Refiner:
     def __init__(self, cfg: RefinerConfig, params, batch_size: int = 64):
         self.cfg, self.params, self.batch_size = cfg.check(), params, max(1, int(batch_size))
         self._fn = jax.jit(partial(refine_patches, cfg))
-
-    @classmethod
-    def load(cls, workdir: str, batch_size: int = 64) -> "Refiner | None":
-        got = load_refiner(workdir)
-        return None if got is None else cls(*got, batch_size=batch_size)
 
     def refine_patches(self, patches: np.ndarray, region: np.ndarray, stage1: np.ndarray,
                        squares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

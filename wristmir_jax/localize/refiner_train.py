@@ -1,5 +1,6 @@
-"""Training and evaluating the box refiner (`refiner.py`): windows around gold boxes, jittered
-patches that mimic the first stage's errors, the jitted optax train step, IoU before and after.
+"""The box refiner's (`refiner.py`) training data and check: windows around gold boxes, jittered
+patches that mimic the first stage's errors, IoU before and after. The training loop is the
+shared trainer's (tasks/styloid_refiner.py).
 
 Windows: while `localizer_train.load_prepared` loads each image once for the first stage, a
 `WindowCollector` keeps, per refined region, the normalised canonical original (left wrists
@@ -23,20 +24,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
-from functools import partial
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 from wristmir_jax.imaging.crops import MIN_CROP_SIDE, crop_square
 from wristmir_jax.imaging.jsonconfig import JsonConfig
-from wristmir_jax.localize.localizer_train import HIT_IOU, make_optimizer
-from wristmir_jax.localize.refiner import (RefinerConfig, Refiner, init_params, patch_square,
-                                          refiner_loss, to_patch)
+from wristmir_jax.localize.localizer_train import HIT_IOU
+from wristmir_jax.localize.refiner import RefinerConfig, Refiner, patch_square
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,8 +80,10 @@ class WindowCollector:
     """`load_prepared` hook: (row, canonical normalised original, Geometry) -> window samples."""
 
     def __init__(self, rcfg: RefinerConfig, jitter: JitterConfig,
-                 boxes_by_id: Mapping[str, Mapping[str, Sequence[float]]]):
-        self.rcfg, self.jitter, self.boxes_by_id = rcfg, jitter, boxes_by_id
+                 boxes_by_id: Mapping[str, Mapping[str, Sequence[float]]] | None = None):
+        self.rcfg, self.jitter, self.boxes_by_id = rcfg, jitter, boxes_by_id or {}
+        # what the windows depend on (localizer_train.load_data reuses a load with the same)
+        self.spec = (tuple(rcfg.regions), float(rcfg.context), float(jitter.reach(rcfg.context)))
 
     def __call__(self, row, canon: np.ndarray, geo) -> list:
         out = []
@@ -176,55 +173,6 @@ def window_patches(rs: RefineSet, idx: np.ndarray, boxes: np.ndarray, rcfg: Refi
 
 
 # ---------------------------------------------------------------------------------------------
-# Training
-# ---------------------------------------------------------------------------------------------
-def make_train_step(rcfg: RefinerConfig, tx):
-    def step(params, opt_state, patches, region, gold, key):
-        k1, k2 = jax.random.split(key)
-        log_gamma = jax.random.uniform(k1, (patches.shape[0], 1, 1), minval=-0.35, maxval=0.35)
-        x = jnp.power(jnp.clip(patches, 1e-6, 1.0), jnp.exp(log_gamma))
-        x = x + 0.01 * jax.random.normal(k2, x.shape)
-        (loss, aux), grads = jax.value_and_grad(
-            partial(refiner_loss, rcfg), has_aux=True)(params, x, region, gold)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, aux
-
-    return jax.jit(step, donate_argnums=(0, 1))
-
-
-def train_refiner(rs: RefineSet, rcfg: RefinerConfig, steps: int, jitter: JitterConfig = JitterConfig(),
-                  batch_size: int = 32, lr: float = 3e-3, seed: int = 0, log_every: int = 50,
-                  on_log: Callable[[dict], None] | None = None):
-    """-> trained params. Batches are cut on the host while the previous step runs (JAX
-    dispatches asynchronously; only logging steps wait for the result)."""
-    rcfg.check()
-    if len(rs) == 0:
-        raise ValueError("no training sample for the refiner (no gold box of its regions)")
-    rng = np.random.default_rng(seed + 1)
-    params = init_params(rcfg, seed)
-    tx = make_optimizer(lr, steps)
-    opt_state = tx.init(params)
-    step_fn = make_train_step(rcfg, tx)
-    key = jax.random.PRNGKey(seed + 1)
-    t0 = time.time()
-    order, pos = rng.permutation(len(rs)), 0
-    for it in range(1, steps + 1):
-        if pos + batch_size > len(order):
-            order, pos = rng.permutation(len(rs)), 0
-        idx = order[pos:pos + batch_size] if len(order) >= batch_size else rng.choice(len(rs), batch_size)
-        pos += batch_size
-        boxes = jitter_boxes(rs.gold[idx], jitter, rng)
-        patches, squares, _ = window_patches(rs, idx, boxes, rcfg)
-        gold = to_patch(rs.gold[idx], squares, rcfg.patch_size).astype(np.float32)
-        key, sub = jax.random.split(key)
-        params, opt_state, loss, aux = step_fn(params, opt_state, patches, rs.region[idx], gold, sub)
-        if on_log is not None and (it % log_every == 0 or it == steps):
-            on_log({"step": it, "loss": float(loss), **{k: float(v) for k, v in aux.items()},
-                    "elapsed_s": round(time.time() - t0, 2)})
-    return params
-
-
-# ---------------------------------------------------------------------------------------------
 # Evaluation
 # ---------------------------------------------------------------------------------------------
 def refine_on_windows(refiner: Refiner, rs: RefineSet, boxes: np.ndarray
@@ -261,12 +209,3 @@ def iou_before_after(rs: RefineSet, before: np.ndarray, after: np.ndarray,
                      "hit_rate_before": float((ib[m] >= HIT_IOU).mean()),
                      "hit_rate_after": float((ia[m] >= HIT_IOU).mean())}
     return out
-
-
-def restrict(rcfg: RefinerConfig, params, regions: Sequence[str]):
-    """The refiner limited to `regions` (a subset of rcfg.regions): -> (cfg, params)."""
-    keep = [rcfg.regions.index(r) for r in regions]
-    emb = params["Embed_0"]["embedding"]
-    params = {**params, "Embed_0": {"embedding": np.asarray(emb)[keep]}}
-    return dataclasses.replace(rcfg, regions=tuple(regions)), params
-

@@ -266,8 +266,10 @@ class QueryModel:
         boxes, scores = {}, {}
         if localizer:
             from wristmir_jax.localize.localizer import Localizer
+            from wristmir_jax.train.checkpoint import restore_for_inference
 
-            pred = Localizer.load(localizer, batch_size=1).predict([img], [laterality])[0]
+            pred = Localizer.load(localizer, restore_for_inference,
+                                  batch_size=1).predict([img], [laterality])[0]
             boxes, scores = pred["boxes"], pred["scores"]
         cr = extract_crops(img, boxes, scores, laterality, size=csize, margin=margin, min_score=min_score)
         prepared, geo = prepare(img, laterality, size)

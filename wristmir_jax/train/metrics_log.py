@@ -72,7 +72,8 @@ class MetricsLogger:
             self._dir.sync()
             self._synced = time.monotonic()
         msg = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                       for k, v in row.items() if k in ("loss", "lr", "grad_norm", "examples_per_s"))
+                       for k, v in row.items()
+                       if k in ("loss", "lr", "grad_norm", "examples_per_s", "mean_iou", "min_hit_rate"))
         if self._bar is not None:
             self._bar.update(self._task, info=f"{split} {msg}")
         else:
