@@ -154,11 +154,19 @@ def test_embed_and_scann_writing_killed_then_rerun_equal(tiny_demo_folder, tmp_p
                          "--batch-size", "4", "--overwrite")
 
     ref_index = str(tmp_path / "ref_index")
+    t0 = time.time()
     subprocess.run(cmd_to(ref_index), env=env, cwd=ROOT, check=True, capture_output=True)
+    wall = time.time() - t0
     cmd = cmd_to(out)
-    # once at a random moment (startup, restore, encoding), once as the index folder is written
-    killed = _kill_when(cmd, env, lambda: True, rng.uniform(2.0, 8.0))
-    killed += _kill_when(cmd, env, _tmp_exists(str(tmp_path), ".index_train.tmp-"), 0.0)
+    # at random moments of a run (startup, restore, encoding; the compile cache is warm now, so
+    # a run may be quicker than the reference) until one lands, then as the index folder is
+    # written (it may exist for less than the polling interval: that one need not land)
+    killed = 0
+    for _ in range(4):
+        killed += _kill_when(cmd, env, lambda: True, rng.uniform(0.2, 0.9) * wall)
+        if killed:
+            break
+    _kill_when(cmd, env, _tmp_exists(str(tmp_path), ".index_train.tmp-"), 0.0)
     assert killed, f"no kill landed while embedding (seed {seed})"
     subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True)
     assert _digests(out) == _digests(ref_index), f"seed {seed}"
@@ -181,7 +189,9 @@ def test_embed_and_scann_writing_killed_then_rerun_equal(tiny_demo_folder, tmp_p
     # ScaNN's own training is not reproducible (two uninterrupted builds differ too), so the
     # searcher is checked for what it must do: it verifies, loads, and finds the exact top-10
     d_ref, d_got = _digests(ref), _digests(got)
-    same = {k for k in d_ref if not k.startswith("scann/") and k != "fingerprint.json"}
+    # (scann/ and the per-bone scann_<bone>/ searchers; their row maps are deterministic)
+    same = {k for k in d_ref if k != "fingerprint.json" and not (
+        k.split("/")[0].startswith("scann") and not k.endswith("positions.npy"))}
     assert same and all(d_got[k] == d_ref[k] for k in same), f"seed {seed}"
     import numpy as np
 
