@@ -167,3 +167,20 @@ def test_cli_unknown_command_and_help_exit_codes():
     assert r.returncode == 0 and "synth" in r.stdout and "demo" in r.stdout
     r = run()
     assert r.returncode == 2
+
+
+def test_cli_uses_the_cpu_when_libtpu_is_installed_without_a_tpu():
+    import importlib.util
+
+    from wristmir_jax.cli import main as cli_main
+
+    env = {}
+    has_libtpu = importlib.util.find_spec("libtpu") is not None
+    cli_main.skip_absent_tpu(env)
+    import glob
+    import os
+    tpu_attached = bool(glob.glob("/dev/accel*")) or os.path.exists("/dev/vfio")
+    assert env == ({"JAX_PLATFORMS": "cpu"} if has_libtpu and not tpu_attached else {})
+    explicit = {"JAX_PLATFORMS": "tpu"}
+    cli_main.skip_absent_tpu(explicit)
+    assert explicit == {"JAX_PLATFORMS": "tpu"}

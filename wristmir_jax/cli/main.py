@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import importlib
+import importlib.util
+import os
 import sys
 
 from wristmir_jax.config import split_overrides
@@ -42,8 +45,24 @@ def _top_parser() -> argparse.ArgumentParser:
     return p
 
 
+def skip_absent_tpu(environ=os.environ) -> None:
+    """With libtpu installed (the `tpu` extra, which `wristmir aot` uses on any machine) but no TPU
+    attached, every JAX process would probe libtpu, print a page of TPU-initialisation errors and
+    fall back to CPU. Without a TPU device node and without a GPU plugin, JAX is told to use the
+    CPU; an explicit JAX_PLATFORMS always wins (`wristmir aot` compiles for TPU either way)."""
+    if "JAX_PLATFORMS" in environ or importlib.util.find_spec("libtpu") is None:
+        return
+    if glob.glob("/dev/accel*") or os.path.exists("/dev/vfio"):
+        return
+    if any(importlib.util.find_spec(m) is not None
+           for m in ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm7_plugin")):
+        return
+    environ["JAX_PLATFORMS"] = "cpu"
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
+    skip_absent_tpu()
     top = _top_parser()
     if not argv or argv[0] in ("-h", "--help"):
         top.print_help()
