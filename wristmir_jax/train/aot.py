@@ -271,3 +271,71 @@ def format_report(r: dict) -> str:
     for b in r.get("largest_buffers", []):
         lines.append(f"  largest: {b['name']} {b['shape']} {gib(b['bytes'])}")
     return "\n".join(lines)
+
+
+def load_reports(path: str) -> list[dict]:
+    """The reports of one `wristmir aot --json` file (UserError naming the file otherwise)."""
+    import json
+
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable `wristmir aot --json` file ({e})") from e
+    if not isinstance(data, list) or not all(isinstance(r, dict) and "topology" in r
+                                             and "per_chip_bytes" in r for r in data):
+        raise UserError(f"{path}: expected the list of reports `wristmir aot --json` writes")
+    return data
+
+
+_REMAT = re.compile(r"^--config\.model\.remat=")
+
+
+def markdown_table(reports: list[dict]) -> str:
+    """The paper-scale table: one row per (config, topology, slices, other overrides), with the
+    per-chip memory of the remat and no-remat reports side by side and the FLOPs, step time and
+    run length of whichever report counted FLOPs; the exact commands follow the table."""
+    def gib(r):
+        if r is None:
+            return "-"
+        return f"{r['per_chip_bytes'] / GIB:.2f} GiB ({'fits' if r['fits'] else 'DOES NOT FIT'})"
+
+    rows: dict[tuple, dict] = {}
+    for r in reports:
+        others = tuple(o for o in r.get("overrides", []) if not _REMAT.match(o))
+        key = (r.get("config", "?"), r["topology"], r["slices"], others)
+        row = rows.setdefault(key, {"remat": None, "no_remat": None, "flops": None})
+        row["remat" if r["remat"] else "no_remat"] = r
+        if "flops_per_step" in r and (row["flops"] is None or r["remat"] is False):
+            row["flops"] = r
+    head = ("| # | config | topology | chips | mesh | global batch | params | FLOPs/step "
+            "| per chip, remat | per chip, no remat | HBM/chip | step s (peak) | step s (40% MFU) "
+            "| days (peak) | days (40% MFU) |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    commands = []
+    for i, ((config, topology, slices, others), row) in enumerate(rows.items(), 1):
+        any_r = row["remat"] or row["no_remat"]
+        f = row["flops"]
+        name = config + ("".join(f" {o}" for o in others))
+        mesh = "x".join(f"{k}={v}" for k, v in any_r["mesh"].items() if v != 1) or "1"
+        topo = topology + (f" x{slices}" if slices != 1 else "")
+        if f is not None:
+            timing = (f"{f['flops_per_step']:.3e} | ", f"{f['step_s_at_peak']:.3f} | "
+                      f"{f['step_s_at_40pct_mfu']:.3f} | {f['days_at_peak']:.2f} | "
+                      f"{f['days_at_40pct_mfu']:.2f} |")
+        else:
+            timing = ("- | ", "- | - | - | - |")
+        lines.append(
+            f"| {i} | `{name}` | {topo} | {any_r['chips']} x {any_r['chip']} | {mesh} | "
+            f"{any_r['global_batch_size']:,} | {any_r['params'] / 1e6:.1f}M | {timing[0]}"
+            f"{gib(row['remat'])} | {gib(row['no_remat'])} | {any_r['hbm_bytes'] / GIB:.0f} GiB | "
+            f"{timing[1]}")
+        for r in (row["remat"], row["no_remat"]):
+            if r is not None:
+                commands.append(f"{i}. `{r.get('command', '?')}`")
+    steps = sorted({r["train_steps"] for r in reports})
+    lines += ["", f"Days are for the config's train.steps ({', '.join(map(str, steps))}); step time "
+              "= FLOPs per step / (chips x the chip's published bf16 peak), and / 0.4 at 40% MFU. "
+              "Memory is XLA's per-chip memory_analysis (arguments + outputs - aliased + temp + "
+              "generated code).", "", "Commands (add `--json FILE`):"] + commands
+    return "\n".join(lines)
