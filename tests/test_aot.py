@@ -115,3 +115,15 @@ def test_table_pairs_remat_reports_and_names_commands(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     p = aot("--table", str(tmp_path / "bad.json"))
     assert p.returncode == 2 and "bad.json" in p.stderr
+
+
+def test_flops_extrapolation_is_exact_for_a_quadratic_in_the_batch():
+    from wristmir_jax.train.aot import quadratic_through
+
+    rng = np.random.default_rng(0)
+    e, a, c = rng.uniform(1e9, 1e11), rng.uniform(1e10, 1e11), rng.uniform(1e3, 1e5)
+    points = [(b, e + a * b + c * b * b) for b in (1024, 2048, 4096)]
+    ref = np.polyval(np.polyfit([p[0] for p in points], [p[1] for p in points], 2), 16384)
+    got = quadratic_through(points, 16384)
+    assert got == pytest.approx(ref, rel=1e-9)
+    assert got == pytest.approx(e + a * 16384 + c * 16384 ** 2, rel=1e-9)

@@ -31,7 +31,7 @@ import numpy as np
 from wristmir_jax.errors import UserError
 from wristmir_jax.train import setup
 from wristmir_jax.train.checkpoint import abstract_like
-from wristmir_jax.train.mesh import make_mesh
+from wristmir_jax.train.mesh import BATCH_AXES, make_mesh
 from wristmir_jax.train.state import batch_shardings, task_module
 
 GIB = 1024 ** 3
@@ -219,28 +219,70 @@ def compile_for_topology(cfg: ml_collections.ConfigDict, topology: str, slices: 
     return report
 
 
+def _compile_flops(cfg, mesh) -> float:
+    """FLOPs of one step over all devices from a compile of cfg's step (SPMD cost analysis is per
+    device)."""
+    _, compiled, _ = compile_step(cfg, mesh)
+    return _flops(compiled) * mesh.size
+
+
+def quadratic_through(points: list[tuple[float, float]], x: float) -> float:
+    """The value at x of the polynomial e + a b + c b^2 through three (b, f) points: a step's
+    FLOPs in its global batch b (optimizer: constant; towers: linear; the contrastive loss and
+    the relevance of every pair: quadratic)."""
+    bs = np.array([p[0] for p in points], dtype=np.float64)
+    fs = np.array([p[1] for p in points], dtype=np.float64)
+    coef = np.linalg.solve(np.vander(bs, 3, increasing=True), fs)
+    return float(coef @ np.array([1.0, x, x * x]))
+
+
+def _batch_shards(mesh) -> int:
+    return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+
+
 def step_flops(cfg, mesh, chip: Chip, chips: int, compiled) -> dict:
     """Model FLOPs of one step (all chips) from a compile of the same step with scanned layers
     unrolled and without remat (recomputation is not useful work; the definition of
     models/flops.py), and the step time and run length they imply at the chip's bf16 peak and
-    at 40% MFU."""
+    at 40% MFU.
+
+    An unrolled step without remat may not fit the chip (the TPU compiler then refuses it, and
+    gives no cost analysis): its FLOPs are then those of three compiles at global batches B/16,
+    B/8 and B/4, extrapolated exactly along the polynomial e + a b + c b^2 that a step's FLOPs
+    follow in the batch b (`quadratic_through`)."""
+    method = "compile"
+    t0 = time.perf_counter()
     if cfg.model.scan_layers or cfg.model.remat:
         unrolled = ml_collections.ConfigDict(cfg.to_dict())
         unrolled.model.scan_layers = False
         unrolled.model.remat = False
-        t0 = time.perf_counter()
-        _, compiled, _ = compile_step(unrolled, mesh)
-        unrolled_s = time.perf_counter() - t0
+        method = "unrolled compile"
+        try:
+            total = _compile_flops(unrolled, mesh)
+        except jax.errors.JaxRuntimeError as e:
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            gbs, shards = int(cfg.data.global_batch_size), _batch_shards(mesh)
+            points = []
+            for k in (16, 8, 4):
+                if gbs % (k * shards):
+                    raise UserError(f"FLOPs: the unrolled step does not fit {chip.name} and the "
+                                    f"global batch {gbs} is not divisible by {k} x {shards} "
+                                    "shards (use --no-flops)") from e
+                small = ml_collections.ConfigDict(unrolled.to_dict())
+                small.data.global_batch_size = gbs // k
+                points.append((gbs // k, _compile_flops(small, mesh)))
+            total = quadratic_through(points, gbs)
+            method = "unrolled compiles at B/16, B/8, B/4, quadratic in B"
     else:
-        unrolled_s = 0.0
-    # The cost analysis of an SPMD program is per device; the step's FLOPs are over all of them.
-    per_device = _flops(compiled)
-    total = per_device * mesh.size
+        total = _flops(compiled) * mesh.size
+    unrolled_s = time.perf_counter() - t0 if method != "compile" else 0.0
     peak = chip.bf16_flops * chips
     steps = int(cfg.train.steps)
     at_peak = total / peak if peak else float("nan")
     at_40 = at_peak / 0.4
-    return {"flops_per_step": total, "flops_per_device": per_device,
+    return {"flops_per_step": total, "flops_per_device": total / mesh.size,
+            "flops_method": method, "bf16_flops_per_chip": chip.bf16_flops,
             "unrolled_compile_s": round(unrolled_s, 1),
             "step_s_at_peak": at_peak, "step_s_at_40pct_mfu": at_40,
             "days_at_peak": at_peak * steps / 86400.0, "days_at_40pct_mfu": at_40 * steps / 86400.0}
