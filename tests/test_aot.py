@@ -98,11 +98,17 @@ def test_table_pairs_remat_reports_and_names_commands(tmp_path):
     other = {**on, "topology": "v5p:4x4x8", "chip": "TPU v5p", "chips": 128, "hbm_bytes": 95 * GIB,
              "command": "wristmir aot --config configs/vit_b16_pod.py --topology v5p:4x4x8"}
     (tmp_path / "a.json").write_text(json.dumps([on, off]))
-    (tmp_path / "b.json").write_text(json.dumps([other]))
+    # no FLOPs of its own: the same program's FLOPs (row 1), at its own 64 chips' peak
+    small = {k: v for k, v in off.items() if k != "command"}
+    small.update(topology="v5e:8x8", chips=64, remat=True, command="wristmir aot v5e:8x8")
+    (tmp_path / "b.json").write_text(json.dumps([other, small]))
     p = aot("--table", str(tmp_path / "a.json"), str(tmp_path / "b.json"))
     assert p.returncode == 0, p.stderr[-2000:]
     rows = [l for l in p.stdout.splitlines() if l.startswith("| ") and l[2].isdigit()]
-    assert len(rows) == 2
+    assert len(rows) == 3
+    last = [c.strip() for c in rows[2].strip("|").split("|")]
+    assert last[7].endswith("(row 1)") and float(last[7].split()[0]) == pytest.approx(flops, 1e-3)
+    assert float(last[11]) == pytest.approx(flops / (64 * 197e12), abs=1e-3)
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert cells[2] == "v5e:16x16" and cells[5] == "16,384" and cells[6] == "283.4M"
     assert cells[8] == "9.50 GiB (fits)" and cells[9] == "21.25 GiB (DOES NOT FIT)"

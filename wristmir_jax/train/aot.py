@@ -361,8 +361,24 @@ def markdown_table(reports: list[dict]) -> str:
         name = config + ("".join(f" {o}" for o in others))
         mesh = "x".join(f"{k}={v}" for k, v in any_r["mesh"].items() if v != 1) or "1"
         topo = topology + (f" x{slices}" if slices != 1 else "")
+        note = ""
+        if f is None:
+            # the same program (config, overrides, global batch) on another topology: its model
+            # FLOPs are this row's; the step time is this row's chips at their own peak
+            same = [(j, r) for j, (k, r) in enumerate(rows.items(), 1) if r["flops"] is not None
+                    and k[0] == config and k[3] == others and r["flops"]["global_batch_size"]
+                    == any_r["global_batch_size"]]
+            chip = next((c for c in CHIPS.values() if c.name == any_r["chip"]), None)
+            if same and chip is not None:
+                j, other = same[0]
+                peak = other["flops"]["flops_per_step"] / (any_r["chips"] * chip.bf16_flops)
+                f = {"flops_per_step": other["flops"]["flops_per_step"], "step_s_at_peak": peak,
+                     "step_s_at_40pct_mfu": peak / 0.4,
+                     "days_at_peak": peak * any_r["train_steps"] / 86400.0,
+                     "days_at_40pct_mfu": peak / 0.4 * any_r["train_steps"] / 86400.0}
+                note = f" (row {j})"
         if f is not None:
-            timing = (f"{f['flops_per_step']:.3e} | ", f"{f['step_s_at_peak']:.3f} | "
+            timing = (f"{f['flops_per_step']:.3e}{note} | ", f"{f['step_s_at_peak']:.3f} | "
                       f"{f['step_s_at_40pct_mfu']:.3f} | {f['days_at_peak']:.2f} | "
                       f"{f['days_at_40pct_mfu']:.2f} |")
         else:
@@ -379,5 +395,6 @@ def markdown_table(reports: list[dict]) -> str:
     lines += ["", f"Days are for the config's train.steps ({', '.join(map(str, steps))}); step time "
               "= FLOPs per step / (chips x the chip's published bf16 peak), and / 0.4 at 40% MFU. "
               "Memory is XLA's per-chip memory_analysis (arguments + outputs - aliased + temp + "
-              "generated code).", "", "Commands (add `--json FILE`):"] + commands
+              "generated code). FLOPs marked (row j) are row j's: the same program on another "
+              "topology.", "", "Commands (add `--json FILE`):"] + commands
     return "\n".join(lines)
