@@ -359,7 +359,7 @@ def markdown_table(reports: list[dict]) -> str:
         any_r = row["remat"] or row["no_remat"]
         f = row["flops"]
         name = config + ("".join(f" {o}" for o in others))
-        mesh = "x".join(f"{k}={v}" for k, v in any_r["mesh"].items() if v != 1) or "1"
+        mesh = " x ".join(f"{k} {v}" for k, v in any_r["mesh"].items() if v != 1) or "1"
         topo = topology + (f" x{slices}" if slices != 1 else "")
         note = ""
         if f is None:
@@ -379,8 +379,8 @@ def markdown_table(reports: list[dict]) -> str:
                 note = f" (row {j})"
         if f is not None:
             timing = (f"{f['flops_per_step']:.3e}{note} | ", f"{f['step_s_at_peak']:.3f} | "
-                      f"{f['step_s_at_40pct_mfu']:.3f} | {f['days_at_peak']:.2f} | "
-                      f"{f['days_at_40pct_mfu']:.2f} |")
+                      f"{f['step_s_at_40pct_mfu']:.3f} | {f['days_at_peak']:.3g} | "
+                      f"{f['days_at_40pct_mfu']:.3g} |")
         else:
             timing = ("- | ", "- | - | - | - |")
         lines.append(
