@@ -379,8 +379,8 @@ def markdown_table(reports: list[dict]) -> str:
                 note = f" (row {j})"
         if f is not None:
             timing = (f"{f['flops_per_step']:.3e}{note} | ", f"{f['step_s_at_peak']:.3f} | "
-                      f"{f['step_s_at_40pct_mfu']:.3f} | {f['days_at_peak']:.3g} | "
-                      f"{f['days_at_40pct_mfu']:.3g} |")
+                      f"{f['step_s_at_40pct_mfu']:.3f} | {f['days_at_peak']:.3f} | "
+                      f"{f['days_at_40pct_mfu']:.3f} |")
         else:
             timing = ("- | ", "- | - | - | - |")
         lines.append(
