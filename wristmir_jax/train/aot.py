@@ -390,11 +390,12 @@ def markdown_table(reports: list[dict]) -> str:
             f"{timing[1]}")
         for r in (row["remat"], row["no_remat"]):
             if r is not None:
-                commands.append(f"{i}. `{r.get('command', '?')}`")
+                commands.append(f"- row {i}: `{r.get('command', '?')}`")
     steps = sorted({r["train_steps"] for r in reports})
     lines += ["", f"Days are for the config's train.steps ({', '.join(map(str, steps))}); step time "
               "= FLOPs per step / (chips x the chip's published bf16 peak), and / 0.4 at 40% MFU. "
               "Memory is XLA's per-chip memory_analysis (arguments + outputs - aliased + temp + "
-              "generated code). FLOPs marked (row j) are row j's: the same program on another "
+              "generated code); for a step the TPU compiler refuses, arguments + the temporaries its "
+              "error names (an early estimate: it stops before scheduling). FLOPs marked (row j) are row j's: the same program on another "
               "topology.", "", "Commands (add `--json FILE`):"] + commands
     return "\n".join(lines)
