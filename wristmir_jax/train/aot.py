@@ -9,7 +9,10 @@ CPU-only host), builds the mesh from `cfg.mesh` over them, runs the trainer's ow
 optimizer, state shardings and objective are exactly those `wristmir train` uses, and compiles
 that step (`Run.compile`) for `ShapeDtypeStruct` inputs with the config's shardings. A second compile of the same step with
 scanned layers unrolled and remat off gives the model FLOPs (XLA's cost analysis counts a
-scanned layer's body once; recomputation is not useful work).
+scanned layer's body once; recomputation is not useful work); when that program does not fit
+the chip (the TPU compiler refuses it), three compiles at B/16, B/8, B/4 are extrapolated
+exactly along the step's FLOPs polynomial in the batch. `markdown_table` renders reports as
+the paper-scale table (`wristmir aot --table a.json ...`).
 
 Per-chip memory is XLA's `memory_analysis()`: arguments + outputs - aliased (the donated state)
 + temporaries + generated code.
