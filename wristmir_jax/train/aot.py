@@ -336,6 +336,12 @@ def load_reports(path: str) -> list[dict]:
 _REMAT = re.compile(r"^--config\.model\.remat=")
 
 
+def _model_flops_key(overrides: tuple) -> tuple:
+    """Overrides that change the model FLOPs (scanning layers does not: the FLOPs are counted
+    unrolled)."""
+    return tuple(o for o in overrides if not o.startswith("--config.model.scan_layers="))
+
+
 def markdown_table(reports: list[dict]) -> str:
     """The paper-scale table: one row per (config, topology, slices, other overrides), with the
     per-chip memory of the remat and no-remat reports side by side and the FLOPs, step time and
@@ -369,7 +375,8 @@ def markdown_table(reports: list[dict]) -> str:
             # the same program (config, overrides, global batch) on another topology: its model
             # FLOPs are this row's; the step time is this row's chips at their own peak
             same = [(j, r) for j, (k, r) in enumerate(rows.items(), 1) if r["flops"] is not None
-                    and k[0] == config and k[3] == others and r["flops"]["global_batch_size"]
+                    and k[0] == config and _model_flops_key(k[3]) == _model_flops_key(others)
+                    and r["flops"]["global_batch_size"]
                     == any_r["global_batch_size"]]
             chip = next((c for c in CHIPS.values() if c.name == any_r["chip"]), None)
             if same and chip is not None:
