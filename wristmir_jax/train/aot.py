@@ -9,7 +9,10 @@ CPU-only host), builds the mesh from `cfg.mesh` over them, runs the trainer's ow
 optimizer, state shardings and objective are exactly those `wristmir train` uses, and compiles
 that step (`Run.compile`) for `ShapeDtypeStruct` inputs with the config's shardings. A second compile of the same step with
 scanned layers unrolled and remat off gives the model FLOPs (XLA's cost analysis counts a
-scanned layer's body once; recomputation is not useful work).
+scanned layer's body once; recomputation is not useful work); when that program does not fit
+the chip (the TPU compiler refuses it), three compiles at B/16, B/8, B/4 are extrapolated
+exactly along the step's FLOPs polynomial in the batch. `markdown_table` renders reports as
+the paper-scale table (`wristmir aot --table a.json ...`).
 
 Per-chip memory is XLA's `memory_analysis()`: arguments + outputs - aliased (the donated state)
 + temporaries + generated code.
@@ -31,7 +34,7 @@ import numpy as np
 from wristmir_jax.errors import UserError
 from wristmir_jax.train import setup
 from wristmir_jax.train.checkpoint import abstract_like
-from wristmir_jax.train.mesh import make_mesh
+from wristmir_jax.train.mesh import BATCH_AXES, make_mesh
 from wristmir_jax.train.state import batch_shardings, task_module
 
 GIB = 1024 ** 3
@@ -219,28 +222,70 @@ def compile_for_topology(cfg: ml_collections.ConfigDict, topology: str, slices: 
     return report
 
 
+def _compile_flops(cfg, mesh) -> float:
+    """FLOPs of one step over all devices from a compile of cfg's step (SPMD cost analysis is per
+    device)."""
+    _, compiled, _ = compile_step(cfg, mesh)
+    return _flops(compiled) * mesh.size
+
+
+def quadratic_through(points: list[tuple[float, float]], x: float) -> float:
+    """The value at x of the polynomial e + a b + c b^2 through three (b, f) points: a step's
+    FLOPs in its global batch b (optimizer: constant; towers: linear; the contrastive loss and
+    the relevance of every pair: quadratic)."""
+    bs = np.array([p[0] for p in points], dtype=np.float64)
+    fs = np.array([p[1] for p in points], dtype=np.float64)
+    coef = np.linalg.solve(np.vander(bs, 3, increasing=True), fs)
+    return float(coef @ np.array([1.0, x, x * x]))
+
+
+def _batch_shards(mesh) -> int:
+    return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+
+
 def step_flops(cfg, mesh, chip: Chip, chips: int, compiled) -> dict:
     """Model FLOPs of one step (all chips) from a compile of the same step with scanned layers
     unrolled and without remat (recomputation is not useful work; the definition of
     models/flops.py), and the step time and run length they imply at the chip's bf16 peak and
-    at 40% MFU."""
+    at 40% MFU.
+
+    An unrolled step without remat may not fit the chip (the TPU compiler then refuses it, and
+    gives no cost analysis): its FLOPs are then those of three compiles at global batches B/16,
+    B/8 and B/4, extrapolated exactly along the polynomial e + a b + c b^2 that a step's FLOPs
+    follow in the batch b (`quadratic_through`)."""
+    method = "compile"
+    t0 = time.perf_counter()
     if cfg.model.scan_layers or cfg.model.remat:
         unrolled = ml_collections.ConfigDict(cfg.to_dict())
         unrolled.model.scan_layers = False
         unrolled.model.remat = False
-        t0 = time.perf_counter()
-        _, compiled, _ = compile_step(unrolled, mesh)
-        unrolled_s = time.perf_counter() - t0
+        method = "unrolled compile"
+        try:
+            total = _compile_flops(unrolled, mesh)
+        except jax.errors.JaxRuntimeError as e:
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            gbs, shards = int(cfg.data.global_batch_size), _batch_shards(mesh)
+            points = []
+            for k in (16, 8, 4):
+                if gbs % (k * shards):
+                    raise UserError(f"FLOPs: the unrolled step does not fit {chip.name} and the "
+                                    f"global batch {gbs} is not divisible by {k} x {shards} "
+                                    "shards (use --no-flops)") from e
+                small = ml_collections.ConfigDict(unrolled.to_dict())
+                small.data.global_batch_size = gbs // k
+                points.append((gbs // k, _compile_flops(small, mesh)))
+            total = quadratic_through(points, gbs)
+            method = "unrolled compiles at B/16, B/8, B/4, quadratic in B"
     else:
-        unrolled_s = 0.0
-    # The cost analysis of an SPMD program is per device; the step's FLOPs are over all of them.
-    per_device = _flops(compiled)
-    total = per_device * mesh.size
+        total = _flops(compiled) * mesh.size
+    unrolled_s = time.perf_counter() - t0 if method != "compile" else 0.0
     peak = chip.bf16_flops * chips
     steps = int(cfg.train.steps)
     at_peak = total / peak if peak else float("nan")
     at_40 = at_peak / 0.4
-    return {"flops_per_step": total, "flops_per_device": per_device,
+    return {"flops_per_step": total, "flops_per_device": total / mesh.size,
+            "flops_method": method, "bf16_flops_per_chip": chip.bf16_flops,
             "unrolled_compile_s": round(unrolled_s, 1),
             "step_s_at_peak": at_peak, "step_s_at_40pct_mfu": at_40,
             "days_at_peak": at_peak * steps / 86400.0, "days_at_40pct_mfu": at_40 * steps / 86400.0}
@@ -270,4 +315,97 @@ def format_report(r: dict) -> str:
         lines.append(f"  compiler: {r['compiler_error']}")
     for b in r.get("largest_buffers", []):
         lines.append(f"  largest: {b['name']} {b['shape']} {gib(b['bytes'])}")
+    return "\n".join(lines)
+
+
+def load_reports(path: str) -> list[dict]:
+    """The reports of one `wristmir aot --json` file (UserError naming the file otherwise)."""
+    import json
+
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable `wristmir aot --json` file ({e})") from e
+    if not isinstance(data, list) or not all(isinstance(r, dict) and "topology" in r
+                                             and "per_chip_bytes" in r for r in data):
+        raise UserError(f"{path}: expected the list of reports `wristmir aot --json` writes")
+    return data
+
+
+_REMAT = re.compile(r"^--config\.model\.remat=")
+
+
+def _model_flops_key(overrides: tuple) -> tuple:
+    """Overrides that change the model FLOPs (scanning layers does not: the FLOPs are counted
+    unrolled)."""
+    return tuple(o for o in overrides if not o.startswith("--config.model.scan_layers="))
+
+
+def markdown_table(reports: list[dict]) -> str:
+    """The paper-scale table: one row per (config, topology, slices, other overrides), with the
+    per-chip memory of the remat and no-remat reports side by side and the FLOPs, step time and
+    run length of whichever report counted FLOPs; the exact commands follow the table."""
+    def gib(r):
+        if r is None:
+            return "-"
+        return f"{r['per_chip_bytes'] / GIB:.2f} GiB ({'fits' if r['fits'] else 'DOES NOT FIT'})"
+
+    rows: dict[tuple, dict] = {}
+    for r in reports:
+        others = tuple(o for o in r.get("overrides", []) if not _REMAT.match(o))
+        key = (r.get("config", "?"), r["topology"], r["slices"], others)
+        row = rows.setdefault(key, {"remat": None, "no_remat": None, "flops": None})
+        row["remat" if r["remat"] else "no_remat"] = r
+        if "flops_per_step" in r and (row["flops"] is None or r["remat"] is False):
+            row["flops"] = r
+    head = ("| # | config | topology | chips | mesh | global batch | params | FLOPs/step "
+            "| per chip, remat | per chip, no remat | HBM/chip | step s (peak) | step s (40% MFU) "
+            "| days (peak) | days (40% MFU) |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    commands = []
+    for i, ((config, topology, slices, others), row) in enumerate(rows.items(), 1):
+        any_r = row["remat"] or row["no_remat"]
+        f = row["flops"]
+        name = config + ("".join(f" {o}" for o in others))
+        mesh = " x ".join(f"{k} {v}" for k, v in any_r["mesh"].items() if v != 1) or "1"
+        topo = topology + (f" x{slices}" if slices != 1 else "")
+        note = ""
+        if f is None:
+            # the same program (config, overrides, global batch) on another topology: its model
+            # FLOPs are this row's; the step time is this row's chips at their own peak
+            same = [(j, r) for j, (k, r) in enumerate(rows.items(), 1) if r["flops"] is not None
+                    and k[0] == config and _model_flops_key(k[3]) == _model_flops_key(others)
+                    and r["flops"]["global_batch_size"]
+                    == any_r["global_batch_size"]]
+            chip = next((c for c in CHIPS.values() if c.name == any_r["chip"]), None)
+            if same and chip is not None:
+                j, other = same[0]
+                peak = other["flops"]["flops_per_step"] / (any_r["chips"] * chip.bf16_flops)
+                f = {"flops_per_step": other["flops"]["flops_per_step"], "step_s_at_peak": peak,
+                     "step_s_at_40pct_mfu": peak / 0.4,
+                     "days_at_peak": peak * any_r["train_steps"] / 86400.0,
+                     "days_at_40pct_mfu": peak / 0.4 * any_r["train_steps"] / 86400.0}
+                note = f" (row {j})"
+        if f is not None:
+            timing = (f"{f['flops_per_step']:.3e}{note} | ", f"{f['step_s_at_peak']:.3f} | "
+                      f"{f['step_s_at_40pct_mfu']:.3f} | {f['days_at_peak']:.3f} | "
+                      f"{f['days_at_40pct_mfu']:.3f} |")
+        else:
+            timing = ("- | ", "- | - | - | - |")
+        lines.append(
+            f"| {i} | `{name}` | {topo} | {any_r['chips']} x {any_r['chip']} | {mesh} | "
+            f"{any_r['global_batch_size']:,} | {any_r['params'] / 1e6:.1f}M | {timing[0]}"
+            f"{gib(row['remat'])} | {gib(row['no_remat'])} | {any_r['hbm_bytes'] / GIB:.0f} GiB | "
+            f"{timing[1]}")
+        for r in (row["remat"], row["no_remat"]):
+            if r is not None:
+                commands.append(f"- row {i}: `{r.get('command', '?')}`")
+    steps = sorted({r["train_steps"] for r in reports})
+    lines += ["", f"Days are for the config's train.steps ({', '.join(map(str, steps))}); step time "
+              "= FLOPs per step / (chips x the chip's published bf16 peak), and / 0.4 at 40% MFU. "
+              "Memory is XLA's per-chip memory_analysis (arguments + outputs - aliased + temp + "
+              "generated code); for a step the TPU compiler refuses, arguments + the temporaries its "
+              "error names (an early estimate: it stops before scheduling). FLOPs marked (row j) are row j's: the same program on another "
+              "topology.", "", "Commands (add `--json FILE`):"] + commands
     return "\n".join(lines)
