@@ -91,7 +91,8 @@ def _stage_plan(out: str, sizes: dict, seed: int, config_dir: str) -> list[tuple
         ("evaluate", ["evaluate", "--index", os.path.join(out, "index_test"),
                       "--train-index", os.path.join(out, "index_train"), "--queries", "test",
                       "--out", os.path.join(out, "eval", "metrics.json"),
-                      "--grounding-boxes", os.path.join(synth, "gold.jsonl")], [os.path.join(out, "eval")]),
+                      "--grounding-boxes", os.path.join(synth, "gold.jsonl"),
+                      "--gold", os.path.join(synth, "gold.jsonl")], [os.path.join(out, "eval")]),
     ]
 
 

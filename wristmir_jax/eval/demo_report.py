@@ -6,11 +6,13 @@
 3. the data that went in (generator, miner, localizer) and the stage timings;
 4. phrase grounding (when evaluate measured it): pointing game and IoU per bone against the
    generator's gold boxes, with a few heatmap overlays;
-5. three retrieval panels: a test image with a fracture of one bone, queried against the training
-   archive, two-stage for that bone (top row) and global-only (bottom row).
+5. explanation accuracy per bone and field (the preliminary finding voted from retrieved cases);
+6. three retrieval panels: a test image with a fracture of one bone, queried against the training
+   archive, two-stage for that bone (top row) and global-only (bottom row), each with the
+   explanation `wristmir explain` gives for it.
 
 Everything is read from the files the stages wrote (eval/metrics.json, summaries); nothing is
-recomputed here except the three panel queries.
+recomputed here except the three panel queries and their explanations.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ TARGET_AUROC = 0.90
 TARGET_POINTING = 0.85  # per bone, on the full demo (issue 21)
 OVERLAYS_SHOWN = 3
 PANEL_K = 5
+EXPLAIN_K = 10
 
 
 def _f(v, nd: int = 3) -> str:
@@ -122,6 +125,29 @@ def _grounding_md(out: str, metrics: dict) -> list[str]:
     return lines
 
 
+def _explanation_md(metrics: dict) -> list[str]:
+    """Per bone, how often the preliminary finding built from the two-stage top k (retrieval/
+    explain.py, what `wristmir explain` prints) matches the query's findings, beside kNN F1."""
+    acc = metrics.get("explanation_accuracy")
+    if not acc:
+        return []
+    basis = "vs_gold" if all("vs_gold" in v for v in acc.values()) else "vs_mined"
+    fields = ("fracture", "pattern", "salter_harris", "displaced", "angulated", "healing")
+    f1 = (metrics.get("diagnosis_knn", {}).get("two_stage") or {}).get("f1", {})
+    lines = ["## Explanations from retrieved cases", "",
+             f"Per bone, the fraction of test queries whose preliminary finding (similarity-weighted "
+             f"vote of the two-stage top {metrics.get('knn_k', 10)}, `wristmir explain`) equals the "
+             f"query's {'gold' if basis == 'vs_gold' else 'mined'} finding, field by field; kNN F1 "
+             "of the same neighbours beside it.", "",
+             "| bone | " + " | ".join(fields) + " | kNN F1 (two-stage) |",
+             "|---|" + "---|" * (len(fields) + 1)]
+    for r in REGIONS:
+        row = acc.get(r, {}).get(basis, {})
+        lines.append(f"| {REGION_DISPLAY[r]} | " + " | ".join(_f(row.get(x)) for x in fields)
+                     + f" | {_f(f1.get(r))} |")
+    return lines + [""]
+
+
 def _inputs_md(out: str, stage_seconds: dict) -> list[str]:
     lines = ["## What went in", ""]
     manifest = os.path.join(out, "synth", "manifest.jsonl")
@@ -184,8 +210,10 @@ def pick_panel_queries(records: np.ndarray, ids: np.ndarray) -> dict[str, int]:
 
 def write_panels(out: str, k: int = PANEL_K) -> list[tuple[str, str, int, int]]:
     """Three panels (one per bone) into out/panels/; returns [(region, path, fractured cases in
-    the two-stage top k, in the global-only top k)]."""
+    the two-stage top k, in the global-only top k, the query's explanation paragraph, the query's
+    mined findings)]."""
     from wristmir_jax.eval.panels import ImageStore, draw_panel, findings_text
+    from wristmir_jax.retrieval.explain import explain_neighbours, paragraph
     from wristmir_jax.retrieval.query import QueryEmbeddings, Retriever
     from wristmir_jax.retrieval.rerank import settings
     from wristmir_jax.retrieval.store import load_index
@@ -225,7 +253,11 @@ def write_panels(out: str, k: int = PANEL_K) -> list[tuple[str, str, int, int]]:
                                  "text": ""}] + per_method[1]
         path = os.path.join(out, "panels", f"{region}.png")
         draw_panel(path, query, grid, region=region, columns=k + 1)
-        written.append((region, path, rows[0][3], rows[1][3]))
+        s_x, i_x = retr.image_to_image(q, region=region, k=EXPLAIN_K, method="two_stage")
+        keep = i_x[0] >= 0
+        expl = explain_neighbours(np.asarray(da.records)[i_x[0][keep]], da.ids[i_x[0][keep]].tolist(),
+                                  s_x[0][keep].tolist(), region)
+        written.append((region, path, rows[0][3], rows[1][3], paragraph(expl), query["text"]))
     return written
 
 
@@ -247,6 +279,7 @@ def write_report(out: str, quick: bool = False, stage_seconds: dict | None = Non
     lines += ["![per-bone kNN F1](eval/f1_per_bone.png)", "", "![Recall@K](eval/recall_at_k.png)", ""]
     lines += _retrieval_md(metrics)
     lines += _grounding_md(out, metrics)
+    lines += _explanation_md(metrics)
     lines += _inputs_md(out, stage_seconds or {})
     panels = write_panels(out)
     lines += ["## Example retrievals", "",
@@ -254,11 +287,13 @@ def write_report(out: str, quick: bool = False, stage_seconds: dict | None = Non
               f"two-stage for that bone (top row) vs global-only (bottom row), top {PANEL_K}. The "
               "bone's box is outlined; mined findings for that bone are under each image; FX marks a "
               "retrieved case with a fracture of that bone.", ""]
-    for region, path, hits_two, hits_glob in panels:
+    for region, path, hits_two, hits_glob, explanation, mined in panels:
         rel = os.path.relpath(path, out)
         lines += [f"### {REGION_DISPLAY[region]}", "",
                   f"Fractured {REGION_DISPLAY[region]} among the top {PANEL_K}: two-stage {hits_two}, "
-                  f"global-only {hits_glob}.", "", f"![{region}]({rel})", ""]
+                  f"global-only {hits_glob}.", "", f"![{region}]({rel})", "",
+                  f"Explanation from the two-stage top {EXPLAIN_K} (`wristmir explain`): *{explanation}* "
+                  f"The query's mined findings: {' '.join(str(mined).split())}.", ""]
     lines += ["Full tables: `eval/results.md`; all metrics: `eval/metrics.json`; TREC runs and qrels: "
               "`eval/trec/`.", ""]
     path = os.path.join(out, "report.md")
