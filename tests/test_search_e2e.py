@@ -90,6 +90,10 @@ def test_box_with_and_without_region(demo, capsys, tmp_path):
     assert code == 0, err
     meta = json.load(open(os.path.join(clf_dir, "meta.json")))
     assert 0.0 <= meta["test_accuracy"]["jittered_bone_boxes"] <= 1.0 and meta["test_boxes"] > 0
+    boxed = {json.loads(line)["id"] for line in open(root / "in" / "boxes.jsonl")}
+    test_views = {m.get("view") or "unknown" for m in manifest if m.get("split") == "test" and m["id"] in boxed}
+    per_view = meta["jittered_bone_boxes_per_view"]
+    assert set(per_view) == test_views and all(0.0 <= a <= 1.0 for a in per_view.values())
 
     m = manifest[1]
     img = str(root / "in" / m["image"])

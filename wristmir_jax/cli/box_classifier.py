@@ -35,13 +35,13 @@ def _read_boxes(path: str) -> dict[str, dict]:
 
 
 def collect(manifest: list[dict], root: str, boxes: dict[str, dict], split: str, size: int, margin: float,
-            rng: np.random.Generator, max_images: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Crops f32[N,s,s,1], box geometry f32[N,5] and labels int[N] of the sampled boxes of one
-    split's images."""
+            rng: np.random.Generator, max_images: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Crops f32[N,s,s,1], box geometry f32[N,5], labels int[N] and views str[N] of the sampled
+    boxes of one split's images."""
     from wristmir_jax.imaging.io import load_image
     from wristmir_jax.retrieval.box_classifier import box_crop, box_geometry, sample_boxes
 
-    crops, geo, labels = [], [], []
+    crops, geo, labels, views = [], [], [], []
     rows = [m for m in manifest if m.get("split") == split and m["id"] in boxes]
     if max_images:
         rows = rows[:max_images]
@@ -52,9 +52,11 @@ def collect(manifest: list[dict], root: str, boxes: dict[str, dict], split: str,
             crops.append(box_crop(img, box, m.get("laterality"), size, margin))
             geo.append(box_geometry(box, w, h, m.get("laterality")))
             labels.append(label)
+            views.append(str(m.get("view") or "unknown"))
     if not crops:
         raise UserError(f"no {split} images with boxes", path=None)
-    return np.stack(crops)[..., None].astype(np.float32), np.stack(geo), np.asarray(labels, np.int32)
+    return (np.stack(crops)[..., None].astype(np.float32), np.stack(geo), np.asarray(labels, np.int32),
+            np.asarray(views))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,8 +71,8 @@ def run(args: argparse.Namespace) -> int:
     root = os.path.dirname(os.path.abspath(args.manifest))
     rng = np.random.default_rng(args.seed)
     size = model.crop_size
-    xtr, gtr, ytr = collect(manifest, root, _read_boxes(args.boxes), "train", size, args.margin, rng, args.max_images)
-    xte, gte, yte = collect(manifest, root, _read_boxes(args.eval_boxes or args.boxes), "test", size, args.margin,
+    xtr, gtr, ytr, _ = collect(manifest, root, _read_boxes(args.boxes), "train", size, args.margin, rng, args.max_images)
+    xte, gte, yte, vte = collect(manifest, root, _read_boxes(args.eval_boxes or args.boxes), "test", size, args.margin,
                        np.random.default_rng(args.seed + 1))
     feat = make_featurizer(model)
     clf = train(model, params, xtr, gtr, ytr, steps=args.steps, finetune=args.finetune, seed=args.seed, featurizer=feat)
@@ -80,10 +82,13 @@ def run(args: argparse.Namespace) -> int:
            "random_other_boxes": float(np.mean(pred[~bone] == OTHER)) if (~bone).any() else None,
            "all": float(np.mean(pred == yte))}
     per_class = {c: float(np.mean(pred[yte == i] == i)) for i, c in enumerate(CLASSES) if (yte == i).any()}
+    # jittered bone boxes per view: on a lateral the radius and ulna boxes overlap
+    per_view = {v: float(np.mean(pred[bone & (vte == v)] == yte[bone & (vte == v)]))
+                for v in sorted(set(vte.tolist())) if (bone & (vte == v)).any()}
     clf.meta = {"classes": list(CLASSES), "features": "crop tower (3 bone ids) + box geometry", "params_sha256": params_sha256(params), "crop_size": size,
                 "margin": args.margin, "finetune": bool(args.finetune), "steps": args.steps,
                 "train_boxes": int(ytr.size), "test_boxes": int(yte.size), "test_accuracy": acc,
-                "test_accuracy_per_class": per_class}
+                "test_accuracy_per_class": per_class, "jittered_bone_boxes_per_view": per_view}
     out = args.out or os.path.join(args.workdir, "box_classifier")
     clf.save(out)
     print(f"box classifier: {ytr.size} training boxes; test accuracy on jittered bone boxes "
