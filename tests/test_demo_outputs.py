@@ -46,7 +46,7 @@ def test_report_from_a_real_evaluation(tiny_demo_folder, tmp_path):
     from wristmir_jax.eval.evaluate import evaluate_index, write_outputs
     from wristmir_jax.eval.grounding import evaluate_grounding
     from wristmir_jax.retrieval.store import load_index
-    from wristmir_jax.schema import REGIONS, fracture_labels
+    from wristmir_jax.schema import REGION_DISPLAY, REGIONS, fracture_labels
 
     out = str(tmp_path / "demo")
     shutil.copytree(tiny_demo_folder, out)
@@ -81,3 +81,25 @@ def test_report_from_a_real_evaluation(tiny_demo_folder, tmp_path):
     assert "Phrase grounding" in text and f"| {g['mean_pointing_game']:.3f}" in text.replace("**", "")
     for p in g["overlays"]:
         assert f"eval/{p}" in text and os.path.getsize(os.path.join(out, "eval", p)) > 1000
+    # explanations: the per-field accuracy table from evaluate, and under each panel the paragraph
+    # retrieval/explain.py writes for that query's two-stage neighbours
+    acc = res["explanation_accuracy"]
+    assert "## Explanations from retrieved cases" in text
+    for r in REGIONS:
+        row = acc[r]["vs_mined"]
+        assert f"| {REGION_DISPLAY[r]} | {row['fracture']:.3f} | {row['pattern']:.3f} |" in text
+    from wristmir_jax.eval.demo_report import EXPLAIN_K
+    from wristmir_jax.retrieval.explain import explain_neighbours, paragraph
+    from wristmir_jax.retrieval.query import QueryEmbeddings, Retriever
+    from wristmir_jax.retrieval.rerank import settings
+
+    train = load_index(os.path.join(out, "index_train"))
+    retr = Retriever(train, settings(None))
+    ta = test.arrays
+    for r, pos in chosen.items():
+        q = QueryEmbeddings(ta.global_img[[pos]], ta.region_img[[pos]], ta.crop_mask[[pos]], None)
+        s, i = retr.image_to_image(q, region=r, k=EXPLAIN_K, method="two_stage")
+        keep = i[0] >= 0
+        expl = explain_neighbours(np.asarray(train.arrays.records)[i[0][keep]],
+                                  train.arrays.ids[i[0][keep]].tolist(), s[0][keep].tolist(), r)
+        assert f"*{paragraph(expl)}*" in text

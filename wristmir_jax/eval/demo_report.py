@@ -208,7 +208,7 @@ def pick_panel_queries(records: np.ndarray, ids: np.ndarray) -> dict[str, int]:
     return chosen
 
 
-def write_panels(out: str, k: int = PANEL_K) -> list[tuple[str, str, int, int]]:
+def write_panels(out: str, k: int = PANEL_K) -> list[tuple[str, str, int, int, str, str]]:
     """Three panels (one per bone) into out/panels/; returns [(region, path, fractured cases in
     the two-stage top k, in the global-only top k, the query's explanation paragraph, the query's
     mined findings)]."""
