@@ -169,8 +169,8 @@ def test_embed_and_scann_writing_killed_then_rerun_equal(tiny_demo_folder, tmp_p
     # a run may be quicker than the reference) until one lands, then as the index folder is
     # written (it may exist for less than the polling interval: that one need not land)
     killed = 0
-    for _ in range(4):
-        killed += _kill_when(cmd, env, lambda: True, rng.uniform(0.2, 0.9) * wall)
+    for _ in range(8):
+        killed += _kill_when(cmd, env, lambda: True, rng.uniform(0.05, 0.3) * wall)
         if killed:
             break
     _kill_when(cmd, env, _tmp_exists(str(tmp_path), ".index_train.tmp-"), 0.0)
