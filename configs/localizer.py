@@ -16,7 +16,6 @@ import ml_collections
 
 from wristmir_jax.config import load_config
 from wristmir_jax.localize.localizer import LocalizerConfig
-from wristmir_jax.train.defaults import train_defaults
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -34,17 +33,16 @@ def get_config(arg=None):
     c.model = ml_collections.ConfigDict(dict(
         image_size=lc.image_size, widths=tuple(lc.widths), head_width=lc.head_width,
         fine_width=lc.fine_width, clip=tuple(lc.clip)))
+    # both stages share the optimizer, the trainer settings and the (replicated) mesh
     refiner = load_config(os.path.join(HERE, "refiner.py"))
-    c.optim = ml_collections.ConfigDict(refiner.optim.to_dict())
-    c.train = train_defaults()
+    for section in ("optim", "train", "mesh"):
+        c[section] = ml_collections.ConfigDict(refiner[section].to_dict())
     c.train.steps = 1500
-    c.train.log_every = 50
     c.train.eval_every = 250
     c.train.checkpoint_every = 250
     c.train.best_metric = "box_iou/mean_iou"
     c.train.best_mode = "max"
     c.evals = ml_collections.ConfigDict({"box_iou": {"type": "box_iou", "every": 0}})
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.refine = True
     c.refiner = refiner
     if arg == "quick":

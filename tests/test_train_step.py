@@ -4,7 +4,6 @@ the full batch, non-finite batches skipped and counted, optimizer masks and free
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from wristmir_jax.config import load_config
 from wristmir_jax.data.synthetic import synthetic_batches
@@ -102,10 +101,9 @@ def test_grad_accumulation_is_exact():
     mesh = make_mesh(dict(data=1, fsdp=1, tensor=1), devices=jax.devices()[:1])
     run = _setup(cfg, mesh)
     model, objective, state = run.model, run.objective, run.state
-    from wristmir_jax.tasks.wrist_contrastive import prepare_batch
     from wristmir_jax.train.step import device_batch
 
-    batch = prepare_batch({k: jnp.asarray(v) for k, v in device_batch(_batch(cfg)).items()})
+    batch = {k: jnp.asarray(v) for k, v in device_batch(_batch(cfg)).items()}
     params = state["params"]
     rng = jax.random.PRNGKey(0)
     enc = lambda p, b, r: model.encode(p, b, train=True, rng=r)
@@ -122,8 +120,7 @@ def test_grad_accumulation_is_exact():
     def naive(p):
         tot = 0.0
         for j in range(4):
-            mb = {k: v[j::4] for k, v in batch.items() if k != "relevance"}
-            mb = prepare_batch(mb)
+            mb = {k: v[j::4] for k, v in batch.items()}
             tot = tot + objective(enc(p, mb, rng), mb)[0] / 4
         return tot
 

@@ -136,7 +136,7 @@ def _train(args) -> int:
                 c.evals = {}
                 c.train.best_metric = ""
 
-    loc_summary = trainer.train(cfg, os.path.join(w, LOCALIZER_DIR))
+    loc_summary = trainer.train(cfg, os.path.join(w, LOCALIZER_DIR), sources=bl.sources_from(data))
     train = data.train
     prior = fit_prior(({r: train.boxes[i, k].tolist() for k, r in enumerate(REGIONS)
                         if train.has_box[i, k] > 0}, train.rows[i].view) for i in range(len(train)))
@@ -198,7 +198,7 @@ def _train_refiner(rcfg, data, pb, ps, w):
         out["status"] = "no training boxes"
         return out, None
     t0 = time.time()
-    summary = trainer.train(rcfg, os.path.join(w, REFINER_DIR))
+    summary = trainer.train(rcfg, os.path.join(w, REFINER_DIR), sources=st.sources_from(data, rcfg))
     out.update(train_wall_s=summary.get("wall_s"), best=summary.get("best"))
     _, params, tcfg = restore_for_inference(os.path.join(w, REFINER_DIR))
     rcfg_model = RefinerConfig.from_dict(tcfg.model.to_dict())

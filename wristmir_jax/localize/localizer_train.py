@@ -13,7 +13,6 @@ normalised original in the canonical orientation to `fn` while it is in memory (
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Mapping, Sequence
@@ -139,7 +138,7 @@ def box_metrics(pred: Mapping[str, Mapping[str, Sequence[float] | None]],
 
 
 # ---------------------------------------------------------------------------------------------
-# Loading a manifest + boxes once per process (both tasks and `localize train` share it)
+# Loading a manifest + boxes (`localize train` loads once and hands both stages their sources)
 # ---------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class LocalizeData:
@@ -151,33 +150,16 @@ class LocalizeData:
     boxes: dict
     counts: dict
     rejects: list
-    windows: Any = None   # the `keep` hook's identity (`spec`) the extras were cut with
-
-
-_LOADED: dict[tuple, LocalizeData] = {}
-
-
-def data_key(data_cfg, image_size: int, clip: Sequence[float]) -> tuple:
-    """What a load depends on (a config's `data` section and the canonical square)."""
-    classes = str(data_cfg.get("classes", "") or "")
-    return (os.path.abspath(str(data_cfg.manifest)), os.path.abspath(str(data_cfg.boxes)),
-            classes, int(image_size), tuple(float(c) for c in clip), bool(data_cfg.strict))
 
 
 def load_data(data_cfg, image_size: int, clip: Sequence[float], keep: Any = None) -> LocalizeData:
     """Reads `data_cfg.manifest` and `data_cfg.boxes` (gold.jsonl / boxes.jsonl, COCO JSON or a
     YOLO folder), loads split "train" (every row when the manifest has no splits) and "val".
-    Loaded once per process: a second call with the same key (and, with `keep`, the same
-    `keep.spec`) returns the same object, so `localize train` reads each image once for both
-    stages. `keep` (refiner_train.WindowCollector) cuts the refiner's windows while each image
-    is in memory."""
+    `keep` (refiner_train.WindowCollector) cuts the refiner's windows while each image is in
+    memory, so one load serves both stages of `localize train`."""
     if not data_cfg.manifest or not data_cfg.boxes:
         raise UserError("config data.manifest and data.boxes are required "
                         "(--config.data.manifest=M --config.data.boxes=B)")
-    key = data_key(data_cfg, image_size, clip)
-    got = _LOADED.get(key)
-    if got is not None and (keep is None or got.windows == keep.spec):
-        return got
     strict = bool(data_cfg.strict)
     classes = [c.strip() for c in str(data_cfg.get("classes", "") or "").split(",") if c.strip()]
     man_rej = Rejects(str(data_cfg.manifest), strict=strict)
@@ -215,8 +197,4 @@ def load_data(data_cfg, image_size: int, clip: Sequence[float], keep: Any = None
     if len(train) == 0:
         raise UserError("no training image could be loaded (see the rejects file)",
                         path=str(data_cfg.manifest))
-    data = LocalizeData(train, val, boxes, counts, man_rej.rows + box_rej.rows + img_rej.rows,
-                        None if keep is None else keep.spec)
-    _LOADED.clear()  # one data set in memory at a time (the demo's is ~200 MB)
-    _LOADED[key] = data
-    return data
+    return LocalizeData(train, val, boxes, counts, man_rej.rows + box_rej.rows + img_rej.rows)

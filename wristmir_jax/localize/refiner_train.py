@@ -82,8 +82,6 @@ class WindowCollector:
     def __init__(self, rcfg: RefinerConfig, jitter: JitterConfig,
                  boxes_by_id: Mapping[str, Mapping[str, Sequence[float]]] | None = None):
         self.rcfg, self.jitter, self.boxes_by_id = rcfg, jitter, boxes_by_id or {}
-        # what the windows depend on (localizer_train.load_data reuses a load with the same)
-        self.spec = (tuple(rcfg.regions), float(rcfg.context), float(jitter.reach(rcfg.context)))
 
     def __call__(self, row, canon: np.ndarray, geo) -> list:
         out = []

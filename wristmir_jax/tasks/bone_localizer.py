@@ -23,45 +23,37 @@ import numpy as np
 from wristmir_jax.errors import UserError
 from wristmir_jax.localize.localizer import (LocalizerConfig, apply, init_params, localizer_loss,
                                             predict_prepared, result_record)
-from wristmir_jax.localize.localizer_train import PreparedSet, box_metrics, load_data, translate
+from wristmir_jax.localize.localizer_train import (LocalizeData, PreparedSet, box_metrics, load_data,
+                                                  translate)
 from wristmir_jax.schema import NUM_REGIONS, REGIONS
 from wristmir_jax.train.evaluators import Evaluator, ValLoss, host
 from wristmir_jax.train.inputs import SourceBatches
 from wristmir_jax.train.mesh import replicated
+from wristmir_jax.train.sharding import replicated_axes
 
 
 def localizer_config(cfg: ml_collections.ConfigDict) -> LocalizerConfig:
     return LocalizerConfig.from_dict(cfg.model.to_dict())
 
 
-def replicated_axes(params):
-    """Logical axes naming no dimension: a small conv net is replicated on every device."""
-    return jax.tree.map(lambda p: (None,) * p.ndim, params)
-
-
 def resolve_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A checked copy; `optim.warmup_steps` -1 becomes a tenth of the steps (at most 200).
-    Idempotent."""
+    """A checked copy (idempotent)."""
     cfg = ml_collections.ConfigDict(cfg.to_dict())
     s = int(cfg.model.image_size)
     if s < 64 or s % 32:
         raise UserError(f"--config.model.image_size must be a multiple of 32 and >= 64, got {s}")
-    if int(cfg.optim.warmup_steps) < 0:
-        cfg.optim.warmup_steps = max(1, min(200, int(cfg.train.steps) // 10))
     return cfg
 
 
 class LocalizerModel:
     """The trainer's model interface around localize/localizer.py's pure functions."""
 
-    text_frozen = False
-
     def __init__(self, cfg: LocalizerConfig):
         self.cfg = cfg
 
     def init(self, key, batch):
         params = init_params(self.cfg, key=key)
-        return params, replicated_axes(params)
+        return params, replicated_axes(params)  # a small conv net: on every device
 
     def encode(self, params, batch, train: bool = False, rng=None):
         x = batch["image"].astype(jnp.float32) / 255.0
@@ -83,10 +75,6 @@ def init_batch(cfg: ml_collections.ConfigDict, batch_size: int = 2) -> dict:
             "has_box": np.ones((b, NUM_REGIONS), np.float32)}
 
 
-def load_pretrained(params, cfg: ml_collections.ConfigDict, shardings):
-    return params  # trained from scratch
-
-
 def objective(cfg: ml_collections.ConfigDict, mesh):
     lcfg = localizer_config(cfg)
 
@@ -95,10 +83,6 @@ def objective(cfg: ml_collections.ConfigDict, mesh):
                               batch["has_box"])
 
     return fn
-
-
-def prepare_batch(batch: dict) -> dict:
-    return batch
 
 
 class PreparedSource:
@@ -116,9 +100,13 @@ class PreparedSource:
         return {"image": p.images[i], "boxes": p.boxes[i], "has_box": p.has_box[i]}
 
 
-def data_sources(cfg: ml_collections.ConfigDict):
-    data = load_data(cfg.data, int(cfg.model.image_size), tuple(cfg.model.clip))
+def sources_from(data: LocalizeData) -> tuple[PreparedSource, PreparedSource]:
+    """(train, val) sources of loaded data (localizer_train.load_data)."""
     return PreparedSource(data.train, data.boxes), PreparedSource(data.val, data.boxes)
+
+
+def data_sources(cfg: ml_collections.ConfigDict):
+    return sources_from(load_data(cfg.data, int(cfg.model.image_size), tuple(cfg.model.clip)))
 
 
 class TranslatedBatches(SourceBatches):

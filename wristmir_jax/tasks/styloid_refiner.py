@@ -3,10 +3,10 @@ the shared trainer; configs/refiner.py (`localize train` fills its data section 
 localizer's config and trains it after the first stage).
 
 Data: windows around the gold boxes of the refined regions, cut while the images are loaded
-(localize/refiner_train.WindowCollector via localizer_train.load_data, shared with the first
-stage in one process). A training batch k is a pure function of (seed, k): a seeded permutation
-of the windows, stand-in first-stage boxes jittered around the gold ones (`jitter_boxes`,
-`jitter` section) and the patches cut around them. A validation example i is jittered with a
+(localize/refiner_train.WindowCollector via localizer_train.load_data; `localize train` hands
+the trainer the load its first stage used). A training batch k is a pure function of (seed, k):
+a seeded permutation of the windows, stand-in first-stage boxes jittered around the gold ones
+(`jitter_boxes`, `jitter` section) and the patches cut around them. A validation example i is jittered with a
 seed of its own, so `val_loss` sees the same patches at every evaluation. Gamma and pixel noise
 are drawn on device from the step's key.
 """
@@ -18,13 +18,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from wristmir_jax.localize.localizer_train import load_data
+from wristmir_jax.localize.localizer_train import LocalizeData, load_data
 from wristmir_jax.localize.refiner import (RefinerConfig, apply, init_params, refiner_loss,
                                           to_patch)
 from wristmir_jax.localize.refiner_train import (JitterConfig, RefineSet, WindowCollector,
                                                 jitter_boxes, window_patches)
 from wristmir_jax.train.evaluators import ValLoss
 from wristmir_jax.train.inputs import SourceBatches
+from wristmir_jax.train.sharding import replicated_axes
 
 
 def refiner_config(cfg: ml_collections.ConfigDict) -> RefinerConfig:
@@ -36,26 +37,21 @@ def jitter_config(cfg: ml_collections.ConfigDict) -> JitterConfig:
 
 
 def resolve_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A checked copy; `optim.warmup_steps` -1 becomes a tenth of the steps (at most 200).
-    Idempotent."""
+    """A checked copy (idempotent)."""
     cfg = ml_collections.ConfigDict(cfg.to_dict())
     refiner_config(cfg).check()
-    if int(cfg.optim.warmup_steps) < 0:
-        cfg.optim.warmup_steps = max(1, min(200, int(cfg.train.steps) // 10))
     return cfg
 
 
 class RefinerModel:
     """The trainer's model interface around localize/refiner.py's pure functions."""
 
-    text_frozen = False
-
     def __init__(self, cfg: RefinerConfig):
         self.cfg = cfg
 
     def init(self, key, batch):
         params = init_params(self.cfg, key=key)
-        return params, jax.tree.map(lambda p: (None,) * p.ndim, params)  # replicated
+        return params, replicated_axes(params)  # a small conv net: on every device
 
     def encode(self, params, batch, train: bool = False, rng=None):
         x = batch["patch"]
@@ -78,10 +74,6 @@ def init_batch(cfg: ml_collections.ConfigDict, batch_size: int = 2) -> dict:
             "gold": np.tile(np.array([p / 4, p / 4, 3 * p / 4, 3 * p / 4], np.float32), (b, 1))}
 
 
-def load_pretrained(params, cfg: ml_collections.ConfigDict, shardings):
-    return params  # trained from scratch
-
-
 def objective(cfg: ml_collections.ConfigDict, mesh):
     rcfg = refiner_config(cfg)
 
@@ -89,10 +81,6 @@ def objective(cfg: ml_collections.ConfigDict, mesh):
         return refiner_loss(rcfg, outputs["heat"], outputs["reg"], batch["gold"])
 
     return fn
-
-
-def prepare_batch(batch: dict) -> dict:
-    return batch
 
 
 def _patches(rs: RefineSet, idx: np.ndarray, rcfg: RefinerConfig, jitter: JitterConfig,
@@ -119,13 +107,18 @@ class WindowSource:
                                              rng).items()}
 
 
-def data_sources(cfg: ml_collections.ConfigDict):
-    rcfg, jitter = refiner_config(cfg), jitter_config(cfg)
-    data = load_data(cfg.data, int(cfg.data.image_size), tuple(cfg.data.clip),
-                     keep=WindowCollector(rcfg, jitter))
-    seed = int(cfg.seed)
+def sources_from(data: LocalizeData, cfg: ml_collections.ConfigDict):
+    """(train, val) sources of loaded data whose windows were cut by this config's
+    WindowCollector (localizer_train.load_data(..., keep=...))."""
+    rcfg, jitter, seed = refiner_config(cfg), jitter_config(cfg), int(cfg.seed)
     return (WindowSource(RefineSet.from_extras(data.train.extras), rcfg, jitter, seed),
             WindowSource(RefineSet.from_extras(data.val.extras), rcfg, jitter, seed))
+
+
+def data_sources(cfg: ml_collections.ConfigDict):
+    keep = WindowCollector(refiner_config(cfg), jitter_config(cfg))
+    return sources_from(load_data(cfg.data, int(cfg.data.image_size), tuple(cfg.data.clip),
+                                  keep=keep), cfg)
 
 
 class JitteredBatches(SourceBatches):

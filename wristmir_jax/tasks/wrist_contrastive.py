@@ -111,11 +111,6 @@ def objective(cfg: ml_collections.ConfigDict, mesh):
     return with_dense_relevance
 
 
-def prepare_batch(batch: dict) -> dict:
-    """Nothing to prepare: the objective computes the relevance it needs from `record`."""
-    return batch
-
-
 def data_sources(cfg: ml_collections.ConfigDict):
     """(train source, val source): random-access sources for the two splits."""
     if cfg.data.source == "synthetic":

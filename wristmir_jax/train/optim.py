@@ -14,7 +14,6 @@ import re
 from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -35,8 +34,12 @@ def _compile(patterns: Sequence[str], what: str) -> list[re.Pattern]:
 
 
 def schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-    """Linear warmup from 0 to lr, then cosine down to lr * end_lr_factor at total_steps."""
-    warmup = int(min(cfg.warmup_steps, max(total_steps - 1, 0)))
+    """Linear warmup from 0 to lr, then cosine down to lr * end_lr_factor at total_steps.
+    `warmup_steps` -1: a tenth of the steps, at most 200 (the localizer configs)."""
+    warmup = int(cfg.warmup_steps)
+    if warmup < 0:
+        warmup = max(1, min(200, int(total_steps) // 10))
+    warmup = min(warmup, max(int(total_steps) - 1, 0))
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=float(cfg.lr), warmup_steps=warmup,
         decay_steps=max(int(total_steps), warmup + 1), end_value=float(cfg.lr) * float(cfg.end_lr_factor))

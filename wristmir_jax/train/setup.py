@@ -131,7 +131,8 @@ def build_run(cfg: ml_collections.ConfigDict, mesh: Mesh | None = None, *,
     p_shard = sharding.param_shardings(abstract, axes, mesh, cfg.get("sharding_rules"))
     init_fn = model.init_params if hasattr(model, "init_params") else (lambda k, b: model.init(k, b)[0])
     params = jax.jit(init_fn, out_shardings=p_shard)(init_key, init_batch)
-    params = task.load_pretrained(params, cfg, p_shard)
+    if hasattr(task, "load_pretrained"):  # optional: a task trained from scratch has none
+        params = task.load_pretrained(params, cfg, p_shard)
     tx, schedule = optim.make_optimizer(cfg.optim, abstract, int(cfg.train.steps))
     o_shard = sharding.follow_params(jax.eval_shape(tx.init, abstract), abstract, p_shard, mesh)
     opt_state = jax.jit(tx.init, out_shardings=o_shard)(params)
@@ -149,12 +150,11 @@ def build_run(cfg: ml_collections.ConfigDict, mesh: Mesh | None = None, *,
     trainable = optim.trainable_mask(cfg.optim, abstract)
 
     step_fn = make_train_step(model, objective, tx, schedule, grad_accum=accum,
-                              trainable=trainable, ema_decay=float(cfg.optim.ema_decay),
-                              prepare=task.prepare_batch)
+                              trainable=trainable, ema_decay=float(cfg.optim.ema_decay))
     run = Run(cfg=cfg, mesh=mesh, task=task, model=model, objective=objective, tx=tx,
               schedule=schedule, trainable=trainable, logical_axes=axes, state=state,
               shardings=shardings, step_fn=step_fn,
-              eval_fn=make_eval_step(model, objective, prepare=task.prepare_batch))
+              eval_fn=make_eval_step(model, objective))
     run.use_state(state)
     run._jit(None)
     if batch is not None:

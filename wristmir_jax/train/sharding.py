@@ -73,6 +73,11 @@ def _is_axes_leaf(x: Any) -> bool:
     return isinstance(x, tuple) and all(isinstance(a, str) or a is None for a in x)
 
 
+def replicated_axes(params: Any) -> Any:
+    """Logical axes naming no dimension for every leaf: the params are replicated."""
+    return jax.tree.map(lambda p: (None,) * p.ndim, params)
+
+
 def param_shardings(abstract_params: Any, logical_axes: Any, mesh: Mesh,
                     rules: Iterable[Sequence[Any]] | None = None) -> Any:
     """NamedShardings for a params pytree (arrays or ShapeDtypeStructs) from its logical axes."""

@@ -102,20 +102,18 @@ def _temperatures(emb: dict) -> dict:
 
 def make_train_step(model: Any, objective: Callable, tx: optax.GradientTransformation,
                     lr_schedule: Callable, *, grad_accum: int = 1,
-                    trainable: Any = None, ema_decay: float = 0.0,
-                    prepare: Callable = lambda b: b) -> Callable:
+                    trainable: Any = None, ema_decay: float = 0.0) -> Callable:
     """The pure step. `trainable` (a bool pytree like params) restricts the reported gradient
     norm to parameters that train. A state with "ema_params" (optim.ema_decay > 0) also updates
     that average: decay min(ema_decay, (1 + t) / (10 + t)) at update t, so the first updates are
-    not dominated by the initial params; frozen leaves are copied. `prepare(batch)` (the task's,
-e.g. the relevance the losses read) runs on device first."""
+    not dominated by the initial params; frozen leaves are copied."""
     k = int(grad_accum)
     ema_decay = float(ema_decay)
     def encode(params, batch, rng):
         return model.encode(params, batch, train=True, rng=rng)
 
     def train_step(state: dict, batch: dict):
-        batch = prepare(device_batch(batch))
+        batch = device_batch(batch)
         params = state["params"]
         rng = jax.random.fold_in(state["rng"], state["step"])
         if k == 1:
@@ -163,11 +161,11 @@ e.g. the relevance the losses read) runs on device first."""
     return train_step
 
 
-def make_eval_step(model: Any, objective: Callable, prepare: Callable = lambda b: b) -> Callable:
+def make_eval_step(model: Any, objective: Callable) -> Callable:
     """`eval_step(params, batch) -> metrics` (validation loss and its terms, no dropout)."""
 
     def eval_step(params, batch):
-        batch = prepare(device_batch(batch))
+        batch = device_batch(batch)
         emb = model.encode(params, batch, train=False, rng=None)
         total, aux = objective(emb, batch)
         return {"loss": total.astype(jnp.float32), **_scalar_metrics(aux)}

@@ -10,8 +10,6 @@ SIGKILL) continues the run; the final parameters are bit-identical to an uninter
 from __future__ import annotations
 
 import json
-import math
-import os
 import time
 from typing import Any
 
@@ -62,8 +60,10 @@ def _better(value: float, best: dict, metric: str, mode: str) -> bool:
     return value > best["value"] if mode == "max" else value < best["value"]
 
 
-def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains to cfg.train.steps (resuming from workdir) and returns the summary dict."""
+def train(cfg: ml_collections.ConfigDict, workdir: str, sources: tuple | None = None) -> dict:
+    """Trains to cfg.train.steps (resuming from workdir) and returns the summary dict.
+    `sources` = (train, val) already built from the config's data (e.g. `localize train` loads
+    the images once for both of its stages); default: the task's `data_sources(cfg)`."""
     t_start = time.time()
     # --- config -----------------------------------------------------------------------------
     workdir = fs.absolute(workdir)  # a gs:// URL stays a URL
@@ -84,7 +84,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     log.info("model: %.2fM parameters", run.num_params / 1e6)
 
     # --- data --------------------------------------------------------------------------------
-    sources = train_source, val_source = data_sources(cfg)
+    sources = train_source, val_source = sources or data_sources(cfg)
     train_it = run.task.train_iterator(cfg, train_source)
     evaluators = build_evaluators(run, run.task, sources)
     best_metric = str(cfg.train.best_metric)

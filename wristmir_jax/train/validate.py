@@ -17,7 +17,7 @@ _INT_RANGES: dict[str, tuple[int, int | None]] = {
     "data.eval_batches": (0, None),
     "data.synthetic.num_train": (1, None),
     "data.synthetic.num_val": (1, None),
-    "optim.warmup_steps": (0, None),
+    "optim.warmup_steps": (-1, None),  # -1: a tenth of the steps (optim.schedule)
     "train.steps": (1, None),
     "train.log_every": (1, None),
     "train.eval_every": (0, None),
