@@ -1,6 +1,7 @@
-"""Attention through jax.nn.dot_product_attention equals the einsum attention it replaced and an
-independent numpy reference, with padding masks (a fully padded row included), in fp32 and bf16,
-inside the ViT and the text tower."""
+"""Our heads-major attention equals jax.nn.dot_product_attention and an independent numpy
+reference, with padding masks (a fully padded row included), in fp32 and bf16; the attention
+module's fused projections equal separate ones (self- and cross-attention); the ViT and the text
+tower give the same outputs with jax's attention swapped in."""
 
 import flax.linen as nn
 import jax
@@ -35,32 +36,43 @@ def padding_bias(b, s, seed):
     return np.where(mask, 0.0, NEG_INF).astype(np.float32)[:, None, None, :], mask
 
 
+def jax_attention(q, k, v, bias=None, mask=None, dtype=jnp.float32, dropout=None):
+    """heads_major_attention's contract through jax.nn.dot_product_attention ([B,T,N,H])."""
+    assert dropout is None
+    q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
+    out = jax.nn.dot_product_attention(q, k, v, bias=None if bias is None else
+                                       bias.astype(jnp.float32), mask=mask, implementation="xla")
+    return jnp.swapaxes(out, 1, 2)
+
+
 @pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
-def test_dot_product_attention_equals_einsum_and_numpy(dtype, tol):
+def test_heads_major_attention_equals_jax_and_numpy(dtype, tol):
     rng = np.random.default_rng(0)
     b, t, n, h = 3, 7, 4, 8
     q, k, v = (rng.normal(size=(b, t, n, h)).astype(np.float32) for _ in range(3))
     bias, _ = padding_bias(b, t, 1)
     q16, k16, v16 = (jnp.asarray(x, dtype) for x in (q, k, v))
-    got = jax.nn.dot_product_attention(q16, k16, v16, bias=jnp.asarray(bias),
-                                       implementation=layers.attention_implementation(dtype, False))
-    old = layers.einsum_attention(q16, k16, v16, jnp.asarray(bias), dtype=dtype)
+    heads_major = (jnp.swapaxes(x, 1, 2) for x in (q16, k16, v16))
+    got = jnp.swapaxes(layers.heads_major_attention(*heads_major, jnp.asarray(bias), dtype=dtype),
+                       1, 2)
+    assert got.dtype == dtype
+    jx = jax.nn.dot_product_attention(q16, k16, v16, bias=jnp.asarray(bias), implementation="xla")
     ref = numpy_attention(*(np.asarray(jnp.asarray(x, jnp.float32)) for x in (q16, k16, v16)), bias)
     np.testing.assert_allclose(np.asarray(got, np.float32), ref, atol=tol, rtol=tol)
-    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(old, np.float32),
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(jx, np.float32),
                                atol=tol, rtol=tol)
 
 
 def run_both(module, *inputs):
-    """Outputs of `module` through dot_product_attention and through the einsum path."""
+    """Outputs of `module` through heads_major_attention and through jax's attention."""
     params = module.init(jax.random.PRNGKey(0), *inputs)
     new = module.apply(params, *inputs)
-    orig = layers.attention_implementation
-    layers.attention_implementation = lambda dtype, dropout: None
+    orig = layers.heads_major_attention
+    layers.heads_major_attention = jax_attention
     try:
         old = module.apply(params, *inputs)
     finally:
-        layers.attention_implementation = orig
+        layers.heads_major_attention = orig
     return new, old
 
 
@@ -81,8 +93,26 @@ def test_multihead_attention_module_matches_numpy_with_mask():
     np.testing.assert_allclose(np.asarray(out_m)[:2], ref[:2], atol=1e-5, rtol=1e-5)
 
 
+def test_cross_attention_projects_queries_and_keys_separately():
+    """A probe attending over tokens (MapHead): q from the probe, k and v from the tokens."""
+    rng = np.random.default_rng(3)
+    probe = jnp.asarray(rng.normal(size=(2, 1, 16)), jnp.float32)
+    x = jnp.asarray(rng.normal(size=(2, 5, 16)), jnp.float32)
+    mha = MultiHeadAttention(width=16, heads=4)
+    params = mha.init(jax.random.PRNGKey(1), probe, x)
+    out = mha.apply(params, probe, x)
+    p = jax.tree.map(np.asarray, nn.meta.unbox(params["params"]))
+    proj = lambda name, inp: (np.einsum("bse,enh->bsnh", np.asarray(inp), p[name]["kernel"])
+                              + p[name]["bias"])
+    att = numpy_attention(proj("query", probe), proj("key", x), proj("value", x),
+                          np.zeros((2, 1, 1, 5), np.float32))
+    ref = np.einsum("bsnh,nhe->bse", att, p["out"]["kernel"]) + p["out"]["bias"]
+    assert out.shape == (2, 1, 16)
+    np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 3e-2)])
-def test_text_tower_and_vit_equal_the_einsum_path(dtype, tol):
+def test_text_tower_and_vit_equal_jax_attention(dtype, tol):
     rng = np.random.default_rng(4)
     text = TextTower(TextSpec(vocab_size=50, width=32, depth=2, heads=4, mlp_dim=64, max_len=10,
                               dtype=dtype))

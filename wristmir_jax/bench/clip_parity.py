@@ -23,8 +23,10 @@ package level; this module loads open_clip's model and loss modules without the 
 __init__ and provides the one torchvision name they import (FrozenBatchNorm2d, used only to
 freeze ResNet towers), in this process only.
 
-Timing: the two sides alternate step by step (warm-up first), `repeats` rounds per batch size;
-the figure is the median per side and the ratio of medians, so a neighbour's load hits both.
+Timing: the two sides alternate step by step (two warm-up steps each first), `repeats` rounds
+per batch size; the figure is the median per side and the ratio of medians, so a neighbour's load
+hits both. Both sides run with the host allocator of utils/host_memory (one process, one
+allocator); each side's page faults and kernel CPU time per step are recorded beside its time.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import importlib
 import importlib.machinery
 import importlib.util
 import os
+import resource
 import sys
 import time
 import types
@@ -43,6 +46,7 @@ import numpy as np
 
 from wristmir_jax.bench import peak
 from wristmir_jax.models import flops as model_flops
+from wristmir_jax.utils.host_memory import keep_freed_memory
 
 _OURS_KEYS = ("global_image", "text", "global_image_proj", "global_text_proj",
               "global_log_scale", "global_bias")
@@ -328,6 +332,28 @@ def torch_param_count(model) -> int:
 
 # ----------------------------------------------------------------------------- the suite
 
+class _Timed:
+    """Appends the block's wall seconds to `times` and its (minor page faults, kernel CPU
+    seconds) to `kernel`: page faults are where a host allocator that returns freed memory
+    shows (utils/host_memory)."""
+
+    def __init__(self, times: list, kernel: list):
+        self.times, self.kernel = times, kernel
+
+    def __enter__(self):
+        self.r0, self.t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.times.append(time.perf_counter() - self.t0)
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        self.kernel.append((r1.ru_minflt - self.r0.ru_minflt, r1.ru_stime - self.r0.ru_stime))
+
+
+def _kernel_summary(kernel: list) -> dict:
+    return {"page_faults_per_step": float(np.median([k[0] for k in kernel])),
+            "kernel_cpu_s_per_step": float(np.median([k[1] for k in kernel]))}
+
+
 def compare(cfg, batch_sizes=(32, 64), repeats: int = 3, threads: int | None = None,
             peak_sizes=peak.DEFAULT_SIZES) -> dict:
     import torch
@@ -360,28 +386,30 @@ def compare(cfg, batch_sizes=(32, 64), repeats: int = 3, threads: int | None = N
                      "forward_flops_equal": abs(ours_fwd["analytic"] - torch_fwd)
                      <= 1e-6 * torch_fwd,
                      "analytic_per_tower": ours_fwd["analytic_per_tower"]}
-        # warm-up: one step each (our compile already done; torch allocator, oneDNN primitives)
-        state, m = compiled(state, dev_batch)
-        jax.block_until_ready(m)
-        oc_step(images, tokens)
-        t_ours, t_oc = [], []
-        for _ in range(repeats):
-            t = time.perf_counter()
+        # warm-up: two steps each (our compile is done; first-touch of the step's host buffers,
+        # torch's oneDNN primitives)
+        for _ in range(2):
             state, m = compiled(state, dev_batch)
             jax.block_until_ready(m)
-            t_ours.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            oc_loss = oc_step(images, tokens)
-            t_oc.append(time.perf_counter() - t)
+            oc_step(images, tokens)
+        t_ours, t_oc, k_ours, k_oc = [], [], [], []
+        for _ in range(repeats):
+            with _Timed(t_ours, k_ours):
+                state, m = compiled(state, dev_batch)
+                jax.block_until_ready(m)
+            with _Timed(t_oc, k_oc):
+                oc_loss = oc_step(images, tokens)
         train_flops = 3.0 * check["forward_flops_analytic"] * bs
         so, st = float(np.median(t_ours)), float(np.median(t_oc))
         out["batches"][str(bs)] = {
             "ours": {"step_s": so, "step_s_all": t_ours, "examples_per_s": bs / so,
                      "flops_per_s": train_flops / so, "mfu": train_flops / so / mm["flops_per_s"],
-                     "compile_s": compile_s, "loss": float(np.asarray(m["loss"]))},
+                     "compile_s": compile_s, "loss": float(np.asarray(m["loss"])),
+                     **_kernel_summary(k_ours)},
             "open_clip": {"step_s": st, "step_s_all": t_oc, "examples_per_s": bs / st,
                           "flops_per_s": train_flops / st,
-                          "mfu": train_flops / st / mm["flops_per_s"], "loss": oc_loss},
+                          "mfu": train_flops / st / mm["flops_per_s"], "loss": oc_loss,
+                          **_kernel_summary(k_oc)},
             "ratio_examples_per_s": st / so,
             "train_flops_per_step": train_flops}
         del compiled, state, oc
@@ -406,10 +434,12 @@ def run(quick: bool = False, config: str | None = None, batch: int | None = None
     if quick and not variant:
         variant = "tiny"
     cfg = load_parity_config(variant)
+    host_memory = keep_freed_memory()  # both sides share this process's allocator
     sizes = (batch,) if batch else ((8,) if quick else (32, 64))
     out = compare(cfg, sizes, repeats or (2 if quick else 3),
                   peak_sizes=(256, 512) if quick else peak.DEFAULT_SIZES)
     out["variant"] = variant
+    out["host_memory"] = host_memory
     if not (out["check"]["params_equal"] and out["check"]["forward_flops_equal"]):
         out["warning"] = "the two models differ in parameter count or forward FLOPs"
     return out

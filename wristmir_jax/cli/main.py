@@ -61,6 +61,11 @@ def skip_absent_tpu(environ=os.environ) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    if argv is None:
+        # As a program only: a Python caller (tests, a notebook) owns its process's allocator.
+        from wristmir_jax.utils.host_memory import keep_freed_memory
+
+        keep_freed_memory()
     argv = list(sys.argv[1:] if argv is None else argv)
     skip_absent_tpu()
     top = _top_parser()
