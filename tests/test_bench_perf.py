@@ -76,11 +76,23 @@ def _bench(tmp_path, *args):
 
 @pytest.mark.slow
 def test_clip_parity_suite_writes_json_and_png(tmp_path):
-    r = _bench(tmp_path, "--suite", "clip-parity", "--quick", "--repeats", "1")
+    r = _bench(tmp_path, "--suite", "clip-parity", "--quick", "--repeats", "1", "--profile")
     assert r["check"]["params_equal"] and r["check"]["forward_flops_equal"]
     row = r["batches"]["8"]
     for side in ("ours", "open_clip"):
         assert row[side]["examples_per_s"] > 0 and 0 < row[side]["mfu"]
+        assert row[side]["page_faults_per_step"] >= 0 and row[side]["kernel_cpu_s_per_step"] >= 0
+        prof = row[side]["profile"]
+        # both sides' profiles see their matmuls (XLA's per-op events were switched on)
+        assert prof["by_kind"]["matmul"]["ms_per_step"] > 0, prof["by_kind"]
+        assert sum(k["share"] for k in prof["by_kind"].values()) == pytest.approx(1.0)
+    assert row["ours"]["profile"]["per_op_events"] is True
+    core = r["attention_core"]
+    assert core["shape_bnth"] == [8, 2, 17, 16]  # :tiny: 32 px / 8 px patches + CLS, 2 heads of 16
+    assert set(core["fwd_bwd_ms"]) == {"ours_heads_major", "jax_dot_product_attention_xla",
+                                       "torch_sdpa"}
+    assert all(v > 0 for v in core["fwd_bwd_ms"].values())
+    assert r["host_memory"]["applied"] is True
     assert r["ratio_examples_per_s"] == pytest.approx(
         row["open_clip"]["step_s"] / row["ours"]["step_s"])
 
@@ -105,3 +117,5 @@ def test_cli_refuses_options_a_suite_does_not_take():
     cli_bench.add_arguments(p)
     with pytest.raises(UserError, match="--steps"):
         cli_bench.run(p.parse_args(["--suite", "synth", "--steps", "3"]))
+    with pytest.raises(UserError, match="--profile"):
+        cli_bench.run(p.parse_args(["--suite", "synth", "--profile"]))

@@ -326,8 +326,85 @@ def torch_forward_flops(model, images, tokens) -> float:
     return counter.get_total_flops() / images.shape[0]
 
 
+def torch_profile(step, images, tokens, steps: int = 2) -> dict:
+    """open_clip's step under torch.profiler: self CPU milliseconds per step by operator (the
+    top 25) and grouped like bench/profile's kinds (matmul: mm/addmm/bmm/linear; attention:
+    the fused SDPA kernels; the rest elementwise/other)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step(images, tokens)
+    rows = [(e.key, e.self_cpu_time_total / 1e3 / steps) for e in prof.key_averages()]
+    total = sum(ms for _, ms in rows) or 1.0
+
+    def kind(name: str) -> str:
+        if name in ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear", "aten::matmul"):
+            return "matmul"
+        if "scaled_dot_product" in name:
+            return "attention"
+        if "convolution" in name:
+            return "convolution"
+        return "other"
+
+    kinds: dict[str, float] = {}
+    for name, ms in rows:
+        kinds[kind(name)] = kinds.get(kind(name), 0.0) + ms
+    top = sorted(rows, key=lambda r: -r[1])[:25]
+    return {"steps": steps, "op_ms_per_step": total,
+            "by_kind": {k: {"ms_per_step": v, "share": v / total}
+                        for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "top_ops": [{"name": n, "kind": kind(n), "ms_per_step": ms, "share": ms / total}
+                        for n, ms in top]}
+
+
 def torch_param_count(model) -> int:
     return int(sum(p.numel() for p in model.parameters()))
+
+
+# ----------------------------------------------------------------------------- attention alone
+
+def attention_core(arch: dict, batch: int, repeats: int = 5) -> dict:
+    """Forward + backward milliseconds of the image tower's attention core alone (softmax(QK^T)V
+    at the tower's tokens, heads and head width; loss sum(out^2)): ours (models/layers'
+    heads-major einsums), `jax.nn.dot_product_attention(implementation="xla")` on [B,T,N,H], and
+    PyTorch's `scaled_dot_product_attention` (open_clip's path) on [B,N,T,H]; median of
+    `repeats` after one warm-up."""
+    import torch
+
+    from wristmir_jax.models.layers import heads_major_attention
+
+    t = (arch["image_size"] // arch["patch"]) ** 2 + 1
+    n, h = arch["heads"], arch["width"] // arch["heads"]
+    x = np.random.default_rng(0).standard_normal((3, batch, n, t, h)).astype(np.float32)
+
+    def timed(fn) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return 1e3 * float(np.median(times))
+
+    def jax_grad(attn, layout):
+        g = jax.jit(jax.grad(lambda q, k, v: jnp.sum(attn(q, k, v) ** 2), argnums=(0, 1, 2)))
+        args = [jnp.asarray(a if layout == "bnth" else a.transpose(0, 2, 1, 3)) for a in x]
+        return lambda: jax.block_until_ready(g(*args))
+
+    qkv = [torch.from_numpy(a.copy()).requires_grad_() for a in x]
+
+    def torch_step():
+        torch.nn.functional.scaled_dot_product_attention(*qkv).pow(2).sum().backward()
+
+    flops = 3 * 4 * batch * n * t * t * h
+    ms = {"ours_heads_major": timed(jax_grad(heads_major_attention, "bnth")),
+          "jax_dot_product_attention_xla": timed(jax_grad(
+              lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla"),
+              "btnh")),
+          "torch_sdpa": timed(torch_step)}
+    return {"shape_bnth": [batch, n, t, h], "fwd_bwd_ms": ms,
+            "fwd_bwd_gflop_per_s": {k: flops / v / 1e6 for k, v in ms.items()}}
 
 
 # ----------------------------------------------------------------------------- the suite
@@ -355,7 +432,7 @@ def _kernel_summary(kernel: list) -> dict:
 
 
 def compare(cfg, batch_sizes=(32, 64), repeats: int = 3, threads: int | None = None,
-            peak_sizes=peak.DEFAULT_SIZES) -> dict:
+            peak_sizes=peak.DEFAULT_SIZES, profile: bool = False) -> dict:
     import torch
 
     from wristmir_jax.models.params import count_params
@@ -412,8 +489,16 @@ def compare(cfg, batch_sizes=(32, 64), repeats: int = 3, threads: int | None = N
                           **_kernel_summary(k_oc)},
             "ratio_examples_per_s": st / so,
             "train_flops_per_step": train_flops}
+        if profile:
+            from wristmir_jax.bench.profile import profile_step
+
+            state, ours_profile = profile_step(compiled, state, dev_batch, steps=2)
+            out["batches"][str(bs)]["ours"]["profile"] = ours_profile
+            out["batches"][str(bs)]["open_clip"]["profile"] = torch_profile(oc_step, images,
+                                                                            tokens)
         del compiled, state, oc
     out["check"] = check
+    out["attention_core"] = attention_core(arch, min(batch_sizes))
     out["ratio_examples_per_s"] = min(v["ratio_examples_per_s"] for v in out["batches"].values())
     out["mfu_basis"] = ("3 x analytic forward matmul FLOPs per example (forward + backward), "
                         "against the best dense fp32 matmul of 2048^3 / 4096^3 in this run")
@@ -421,7 +506,7 @@ def compare(cfg, batch_sizes=(32, 64), repeats: int = 3, threads: int | None = N
 
 
 def run(quick: bool = False, config: str | None = None, batch: int | None = None,
-        repeats: int | None = None) -> dict:
+        repeats: int | None = None, profile: bool = False) -> dict:
     """--quick: the `:tiny` architecture at batch 8 and small peak matmuls (a smoke run);
     --config: a clip_parity variant as `configs/clip_parity.py:VARIANT` (e.g. `:bf16`)."""
     variant = ""
@@ -437,7 +522,7 @@ def run(quick: bool = False, config: str | None = None, batch: int | None = None
     host_memory = keep_freed_memory()  # both sides share this process's allocator
     sizes = (batch,) if batch else ((8,) if quick else (32, 64))
     out = compare(cfg, sizes, repeats or (2 if quick else 3),
-                  peak_sizes=(256, 512) if quick else peak.DEFAULT_SIZES)
+                  peak_sizes=(256, 512) if quick else peak.DEFAULT_SIZES, profile=profile)
     out["variant"] = variant
     out["host_memory"] = host_memory
     if not (out["check"]["params_equal"] and out["check"]["forward_flops_equal"]):

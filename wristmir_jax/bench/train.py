@@ -135,10 +135,10 @@ def measure(cfg, steps: int, peak_sizes=peak.DEFAULT_SIZES, profile: bool = Fals
 
 
 def run(quick: bool = False, config: str | None = None, batch: int | None = None,
-        steps: int | None = None) -> dict:
+        steps: int | None = None, profile: bool = False) -> dict:
     cfg = load_bench_config(config, batch)
     out = measure(cfg, steps or (2 if quick else 10),
-                  peak_sizes=(512, 1024) if quick else peak.DEFAULT_SIZES)
+                  peak_sizes=(512, 1024) if quick else peak.DEFAULT_SIZES, profile=profile)
     out["config"] = config or DEFAULT_CONFIG
     out["mfu_basis"] = ("3 x analytic forward matmul/conv FLOPs per example (forward + backward) "
                         "over the compute time, against the best dense matmul of the model's "

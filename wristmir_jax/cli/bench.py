@@ -1,6 +1,7 @@
 """`wristmir bench --suite NAME [--out FILE] [--quick] [--config FILE[:variant]] [--batch N]
-[--steps N] [--repeats N]`: one benchmark suite, JSON out (and a PNG beside it for the suites
-that plot: train, clip-parity, scaling).
+[--steps N] [--repeats N] [--profile]`: one benchmark suite, JSON out (and a PNG beside it for the
+suites that plot: train, clip-parity, scaling). `--profile` (train, clip-parity) adds a per-op
+profile of the step, with XLA's per-operation events switched on for this process.
 
 A suite is a module `wristmir_jax.bench.<name>` with `run(quick: bool, **options) -> dict`; the
 options a suite's `run` does not take are refused. Targets are ratios measured inside one run
@@ -34,7 +35,8 @@ SUITES = {
     "scaling": "wristmir_jax.bench.scaling",
 }
 # CLI option -> the keyword of the suite's run()
-_OPTIONS = {"config": "config", "batch": "batch", "steps": "steps", "repeats": "repeats"}
+_OPTIONS = {"config": "config", "batch": "batch", "steps": "steps", "repeats": "repeats",
+            "profile": "profile"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,6 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="global batch size (clip-parity: one size instead of 32 and 64)")
     p.add_argument("--steps", type=int, default=None, help="timed steps")
     p.add_argument("--repeats", type=int, default=None, help="clip-parity: alternating rounds")
+    p.add_argument("--profile", action="store_true", default=None,
+                   help="train/clip-parity: add a per-op profile of the step (both sides)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,9 +63,14 @@ def run(args: argparse.Namespace) -> int:
             continue
         if key not in accepted:
             raise UserError(f"--{flag}: suite {args.suite} does not take this option")
-        if isinstance(value, int) and value < 1:
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
             raise UserError(f"--{flag}: must be >= 1, got {value}")
         options[key] = value
+    if options.get("profile"):
+        from wristmir_jax.bench.profile import cpu_profile_flags
+
+        # before the suite starts JAX's backend, which reads XLA_FLAGS once
+        os.environ["XLA_FLAGS"] = cpu_profile_flags(os.environ.get("XLA_FLAGS", ""))
     t0 = time.time()
     result = mod.run(quick=args.quick, **options)
     if not isinstance(result, dict):
