@@ -6,7 +6,12 @@ standardises each crop (a fracture is a few cells of the map: a mean dilutes it)
 conditioned on the bone by FiLM in every block (`local.region_film`: a lateral view's ulna crop
 shows the overlapping radius, and only bone-aware convolutions can tell whose fracture it is).
 Losses: multi-positive image<->caption terms, globally and per bone, plus `local_supcon`
-(crop<->crop positives: other crops of the same bone whose mined findings are relevant). Text: the
+(crop<->crop positives: other crops of the same bone whose mined findings are relevant), plus
+`region_grounding` (losses/region_grounding.py): each region caption's words attend over the
+global image's 32 x 32 stage-0 grid (an ulnar styloid is ~8 px at 128 px: the 4 x 4 last map
+cannot point at it, and on the 16 x 16 stage-1 grid its pointing game was 0.83) and are taught the localizer's box of their bone, the boxes the crops are cut
+around. That is what phrase grounding measures, and it also lifted retrieval and the box
+classifier (BUILD_NOTES, Method experiments). Text: the
 packaged all-MiniLM-L6-v2, frozen, its features computed once per distinct caption
 (models/text_cache.py); only the projection heads learn on the text side. The dataset must be
 built with `wristmir build ... --tokenizer minilm` (the demo does).
@@ -24,9 +29,9 @@ probe AUROC.
 
 Variants (comma-separated): `configs/cpu_demo.py:quick` is the demo's --quick run (40 steps of 16);
 `:vit` swaps in the ViT towers of the `cpu_demo_vit` preset (e.g. `:vit,quick`).
-`:words` adds the word-region alignment term (losses/word_region.py, weight 1, with the model's
-word outputs on the global tower's 16 x 16 stage-1 grid: an ulnar styloid is ~8 px at 128 px, so
-the 4 x 4 last map cannot point at it); BUILD_NOTES has it on vs off.
+`:nogrounding` leaves the region_grounding term and the word outputs out (the comparison run).
+`:words` adds the word-region alignment term (losses/word_region.py, GLoRIA's unsupervised local
+alignment of the global caption, weight 1); BUILD_NOTES has it on vs off.
 `--config.data.source=synthetic` trains on in-memory synthetic data instead of DATA_DIR.
 """
 
@@ -67,9 +72,10 @@ def get_config(arg=None):
     c.train.best_metric = "knn_probe/two_stage_mean_auroc"
     c.train.best_mode = "max"
     variants = set((arg or "").split(",")) - {""}
-    unknown = variants - {"quick", "vit", "words"}
+    unknown = variants - {"quick", "vit", "words", "nogrounding"}
     if unknown:
-        raise ValueError(f"unknown cpu_demo variant(s) {sorted(unknown)} (use quick, vit, words)")
+        raise ValueError(f"unknown cpu_demo variant(s) {sorted(unknown)} (use quick, vit, words, nogrounding)")
+    grounding = "nogrounding" not in variants
     if "vit" in variants:
         from wristmir_jax.models.presets import model_config
 
@@ -78,12 +84,16 @@ def get_config(arg=None):
         c.model.local.pool = "max"
         c.model.local.input_norm = "per_image"
         c.model.local.region_film = True
-    if "words" in variants:
+    if grounding or "words" in variants:
         c.model.word_features = True
         if "vit" not in variants:
-            c.model.image.spatial_stage = 1  # a 16 x 16 grid (8 px cells; the last map is 4 x 4)
+            c.model.image.spatial_stage = 0  # a 32 x 32 grid (4 px cells; the last map is 4 x 4)
+    if "words" in variants:
         c.loss.terms["word_region"] = 1.0
         c.loss.params["word_region"] = {"agg": 5.0}
+    if grounding:
+        c.model.region_words = True
+        c.loss.terms["region_grounding"] = 1.0
     c.model.text.pretrained = "minilm"
     c.model.text.frozen = True
     if "quick" in variants:

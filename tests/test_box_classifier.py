@@ -44,3 +44,37 @@ def test_head_matches_numpy_and_folder_roundtrip(tmp_path):
         B.BoxClassifier.load(str(tmp_path / "bc"), "b" * 64)
     with pytest.raises(UserError, match="not a box classifier"):
         B.BoxClassifier.load(str(tmp_path))
+
+
+@pytest.mark.parametrize("laterality", ["right", "left"])
+def test_roi_features_pool_the_cells_a_box_covers(laterality):
+    """A box (original pixels) that covers whole cells of the global spatial map pools exactly those
+    cells' embeddings; a left wrist's box is mirrored into the canonical frame first."""
+    import jax
+
+    from wristmir_jax.imaging.preprocess import geometry_for, prepare
+    from wristmir_jax.models.model import build
+    from wristmir_jax.models.presets import model_config
+
+    model = build(model_config("tiny_resnet"))
+    size = model.image_size
+    params, _ = model.init(jax.random.key(0), model.dummy_batch(1))
+    img = np.random.default_rng(0).random((2 * size, 2 * size)).astype(np.float32)  # scale 1/2, no padding
+    prepared = np.round(prepare(img, laterality, size)[0] * 255) / 255.0
+    sp = np.asarray(model.encode_spatial(params, prepared[None, ..., None].astype(np.float32)))[0]
+    h, w, _ = sp.shape
+    cell = 2 * size / w                                          # a cell in original pixels
+    geo = geometry_for(2 * size, 2 * size, laterality, size)
+    first_col = lambda box: int(round(geo.box_to_processed(box)[0] / (size / w)))
+    box_one = [2 * cell, 3 * cell, 3 * cell, 4 * cell]           # one cell (row 3)
+    box_two = [2 * cell, 3 * cell, 4 * cell, 4 * cell]           # two cells side by side
+    got = B.roi_features(model, params, img, [box_one, box_two, [0.0, 0.0, 0.0, 0.0]], laterality)
+    one = sp[3, first_col(box_one)]
+    np.testing.assert_allclose(got[0], one / np.linalg.norm(one), rtol=1e-4, atol=1e-5)
+    j = first_col(box_two)
+    two = sp[3, j] + sp[3, j + 1]
+    np.testing.assert_allclose(got[1], two / np.linalg.norm(two), rtol=1e-4, atol=1e-5)
+    assert not np.any(got[2])                                    # an empty box pools nothing
+    desc = B.box_descriptors(model, params, img, [box_one], laterality)
+    np.testing.assert_allclose(desc[0, 5:], got[0], rtol=1e-6)
+    assert B.box_descriptors(model, params, img, [box_one], laterality, roi=False).shape == (1, 5)

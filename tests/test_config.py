@@ -32,6 +32,11 @@ def test_cpu_demo_variants():
     full = load_config(os.path.join(ROOT, "configs/cpu_demo.py"))
     assert quick_vit.model.image.name == "vit" and full.model.image.name == "resnet"
     assert quick_vit.train.steps < full.train.steps
+    # The demo trains the location-conditioned word attention; :nogrounding is the comparison run.
+    plain = load_config(os.path.join(ROOT, "configs/cpu_demo.py:nogrounding"))
+    assert full.loss.terms["region_grounding"] == 1.0 and full.model.region_words and full.model.word_features
+    assert "region_grounding" not in plain.loss.terms and not plain.model.region_words
+    assert not plain.model.word_features
     with pytest.raises(Exception, match="unknown cpu_demo variant"):
         load_config(os.path.join(ROOT, "configs/cpu_demo.py:fast"))
 

@@ -13,7 +13,7 @@ def test_batch_matches_the_contract():
     b = next(synthetic_batches(4, image_size=64, crop_size=32, max_len=16, vocab_size=100, seed=3))
     expect = {
         "image": (np.float32, (4, 64, 64, 1)), "crops": (np.float32, (4, 3, 32, 32, 1)),
-        "crop_mask": (np.float32, (4, 3)), "global_tokens": (np.int32, (4, 16)),
+        "crop_mask": (np.float32, (4, 3)), "boxes": (np.float32, (4, 3, 4)), "global_tokens": (np.int32, (4, 16)),
         "global_mask": (np.int32, (4, 16)), "region_tokens": (np.int32, (4, 3, 16)),
         "region_mask": (np.int32, (4, 3, 16)), "record": (np.int32, (4, schema.RECORD_LEN)),
         "global_caption_id": (np.int32, (4,)), "region_caption_id": (np.int32, (4, 3)),
@@ -26,8 +26,10 @@ def test_batch_matches_the_contract():
     assert 0.0 <= b["image"].min() and b["image"].max() <= 1.0
     assert 0.0 <= b["crops"].min() and b["crops"].max() <= 1.0
     assert b["global_tokens"].max() < 100 and b["region_tokens"].max() < 100
-    # Masked-out crops are zero.
-    assert np.all(b["crops"][b["crop_mask"] == 0] == 0)
+    # Masked-out crops and their boxes are zero; the others lie on the image.
+    assert np.all(b["crops"][b["crop_mask"] == 0] == 0) and np.all(b["boxes"][b["crop_mask"] == 0] == 0)
+    real = b["boxes"][b["crop_mask"] > 0]
+    assert np.all(real[:, 2:] > real[:, :2]) and real.min() >= -0.1 * 64 and real.max() <= 1.1 * 64
 
 
 def test_same_seed_same_batches_and_other_seed_differs():

@@ -79,7 +79,7 @@ def test_report_search_matches_numpy(demo, capsys):
 
 
 def test_box_with_and_without_region(demo, capsys, tmp_path):
-    from wristmir_jax.retrieval.box_classifier import BoxClassifier, box_crop, box_geometry, classify_crops
+    from wristmir_jax.retrieval.box_classifier import BoxClassifier, box_crop, box_descriptors, classify_crops
     from wristmir_jax.train.checkpoint import params_sha256
 
     root, index_dir, index, qm, manifest = demo
@@ -90,6 +90,7 @@ def test_box_with_and_without_region(demo, capsys, tmp_path):
     assert code == 0, err
     meta = json.load(open(os.path.join(clf_dir, "meta.json")))
     assert 0.0 <= meta["test_accuracy"]["jittered_bone_boxes"] <= 1.0 and meta["test_boxes"] > 0
+    assert meta["roi"] is True  # ROI-pooled global features by default
     boxed = {json.loads(line)["id"] for line in open(root / "in" / "boxes.jsonl")}
     test_views = {m.get("view") or "unknown" for m in manifest if m.get("split") == "test" and m["id"] in boxed}
     per_view = meta["jittered_bone_boxes_per_view"]
@@ -110,8 +111,9 @@ def test_box_with_and_without_region(demo, capsys, tmp_path):
     pixels = load_image(img)
     b = [float(v) for v in box_arg.split(",")]
     crop = box_crop(pixels, b, m["laterality"], qm.model.crop_size, clf.meta["margin"])
-    geo = box_geometry(b, pixels.shape[1], pixels.shape[0], m["laterality"])[None]
-    probs = classify_crops(clf, qm.model, qm.params, crop[None, ..., None].astype(np.float32), geo)[0]
+    desc = box_descriptors(qm.model, qm.params, pixels, [b], m["laterality"], roi=True)
+    assert desc.shape == (1, 5 + qm.model.embed_dim)
+    probs = classify_crops(clf, qm.model, qm.params, crop[None, ..., None].astype(np.float32), desc)[0]
     cls = ("distal_radius", "distal_ulna", "ulnar_styloid", "other")[int(probs.argmax())]
     assert res["query"]["box_class"]["class"] == cls
     if cls == "other":

@@ -26,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-images", type=int, default=0, help="cap on training images (0: all)")
     p.add_argument("--margin", type=float, default=0.2, help="crop margin (the dataset's crop_margin)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-roi", dest="roi", action="store_false",
+                   help="leave out the box's ROI-pooled global spatial embedding (crop + geometry only)")
 
 
 def _read_boxes(path: str) -> dict[str, dict]:
@@ -35,11 +37,16 @@ def _read_boxes(path: str) -> dict[str, dict]:
 
 
 def collect(manifest: list[dict], root: str, boxes: dict[str, dict], split: str, size: int, margin: float,
-            rng: np.random.Generator, max_images: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Crops f32[N,s,s,1], box geometry f32[N,5], labels int[N] and views str[N] of the sampled
-    boxes of one split's images."""
+            rng: np.random.Generator, max_images: int = 0, describe=None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Crops f32[N,s,s,1], box descriptors f32[N,F] (`describe(img, boxes, laterality)`, default
+    the geometry alone), labels int[N] and views str[N] of the sampled boxes of one split's images."""
     from wristmir_jax.imaging.io import load_image
     from wristmir_jax.retrieval.box_classifier import box_crop, box_geometry, sample_boxes
+
+    if describe is None:
+        def describe(img, bxs, lat):
+            return np.stack([box_geometry(b, img.shape[1], img.shape[0], lat) for b in bxs])
 
     crops, geo, labels, views = [], [], [], []
     rows = [m for m in manifest if m.get("split") == split and m["id"] in boxes]
@@ -48,19 +55,26 @@ def collect(manifest: list[dict], root: str, boxes: dict[str, dict], split: str,
     for m in rows:
         img = load_image(os.path.join(root, m["image"]))
         h, w = img.shape
-        for box, label in sample_boxes(boxes[m["id"]], w, h, rng):
+        sampled = sample_boxes(boxes[m["id"]], w, h, rng)
+        if not sampled:
+            continue
+        geo.append(describe(img, [b for b, _ in sampled], m.get("laterality")))
+        for box, label in sampled:
             crops.append(box_crop(img, box, m.get("laterality"), size, margin))
-            geo.append(box_geometry(box, w, h, m.get("laterality")))
             labels.append(label)
             views.append(str(m.get("view") or "unknown"))
     if not crops:
         raise UserError(f"no {split} images with boxes", path=None)
-    return (np.stack(crops)[..., None].astype(np.float32), np.stack(geo), np.asarray(labels, np.int32),
+    return (np.stack(crops)[..., None].astype(np.float32), np.concatenate(geo).astype(np.float32),
+            np.asarray(labels, np.int32),
             np.asarray(views))
 
 
 def run(args: argparse.Namespace) -> int:
-    from wristmir_jax.retrieval.box_classifier import CLASSES, OTHER, classify_crops, make_featurizer, train
+    import jax
+
+    from wristmir_jax.retrieval.box_classifier import (CLASSES, OTHER, box_descriptors, classify_crops,
+                                                       make_featurizer, train)
     from wristmir_jax.train.checkpoint import params_sha256, restore_for_inference
     from wristmir_jax.utils.jsonl import read_jsonl_strict
 
@@ -71,9 +85,15 @@ def run(args: argparse.Namespace) -> int:
     root = os.path.dirname(os.path.abspath(args.manifest))
     rng = np.random.default_rng(args.seed)
     size = model.crop_size
-    xtr, gtr, ytr, _ = collect(manifest, root, _read_boxes(args.boxes), "train", size, args.margin, rng, args.max_images)
-    xte, gte, yte, vte = collect(manifest, root, _read_boxes(args.eval_boxes or args.boxes), "test", size, args.margin,
-                       np.random.default_rng(args.seed + 1))
+    spatial_fn = jax.jit(model.encode_spatial)
+
+    def describe(img, bxs, lat):
+        return box_descriptors(model, params, img, bxs, lat, roi=args.roi, spatial_fn=spatial_fn)
+
+    xtr, gtr, ytr, _ = collect(manifest, root, _read_boxes(args.boxes), "train", size, args.margin, rng,
+                               args.max_images, describe)
+    xte, gte, yte, vte = collect(manifest, root, _read_boxes(args.eval_boxes or args.boxes), "test", size,
+                                 args.margin, np.random.default_rng(args.seed + 1), describe=describe)
     feat = make_featurizer(model)
     clf = train(model, params, xtr, gtr, ytr, steps=args.steps, finetune=args.finetune, seed=args.seed, featurizer=feat)
     pred = classify_crops(clf, model, params, xte, gte, featurizer=feat).argmax(-1)
@@ -85,7 +105,10 @@ def run(args: argparse.Namespace) -> int:
     # jittered bone boxes per view: on a lateral the radius and ulna boxes overlap
     per_view = {v: float(np.mean(pred[bone & (vte == v)] == yte[bone & (vte == v)]))
                 for v in sorted(set(vte.tolist())) if (bone & (vte == v)).any()}
-    clf.meta = {"classes": list(CLASSES), "features": "crop tower (3 bone ids) + box geometry", "params_sha256": params_sha256(params), "crop_size": size,
+    clf.meta = {"classes": list(CLASSES),
+                "features": "crop tower (3 bone ids) + box geometry" + (" + ROI-pooled global spatial embedding"
+                                                                        if args.roi else ""),
+                "roi": bool(args.roi), "params_sha256": params_sha256(params), "crop_size": size,
                 "margin": args.margin, "finetune": bool(args.finetune), "steps": args.steps,
                 "train_boxes": int(ytr.size), "test_boxes": int(yte.size), "test_accuracy": acc,
                 "test_accuracy_per_class": per_class, "jittered_bone_boxes_per_view": per_view}

@@ -76,6 +76,7 @@ def to_training_example(stored: Mapping[str, Any]) -> dict[str, Any]:
         "image": image,
         "crops": crops,
         "crop_mask": np.asarray(stored["crop_mask"], np.float32),
+        "boxes": np.asarray(stored["boxes"], np.float32).reshape(-1, 4),
         "global_tokens": np.asarray(stored["global_tokens"], np.int32),
         "global_mask": np.asarray(stored["global_mask"], np.int32),
         "region_tokens": np.asarray(stored["region_tokens"], np.int32),

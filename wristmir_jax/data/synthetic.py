@@ -154,8 +154,9 @@ class SyntheticSource:
     """Grain random-access source of synthetic training examples (no batch axis).
 
     `source[i]` is deterministic in (seed, i): a dict with image f32[H,W,1], crops f32[3,h,w,1],
-    crop_mask f32[3], global_tokens/global_mask i32[L], region_tokens/region_mask i32[3,L],
-    record i32[RECORD_LEN], global_caption_id i32[], region_caption_id i32[3], id str.
+    crop_mask f32[3], boxes f32[3,4] (the crops' boxes in image pixels, zero where missing),
+    global_tokens/global_mask i32[L], region_tokens/region_mask i32[3,L], record i32[RECORD_LEN],
+    global_caption_id i32[], region_caption_id i32[3], id str.
     """
 
     def __init__(self, num_records: int = 1024, *, image_size: int = 256, crop_size: int = 128,
@@ -194,6 +195,7 @@ class SyntheticSource:
         image = _draw(rng, regions, g, s, shift)
         crops = np.zeros((schema.NUM_REGIONS, c, c), np.float32)
         crop_mask = np.ones(schema.NUM_REGIONS, np.float32)
+        boxes = np.zeros((schema.NUM_REGIONS, 4), np.float32)
         if rng.random() < self.p_missing_styloid:
             crop_mask[schema.REGION_INDEX["ulnar_styloid"]] = 0.0
         for i, name in enumerate(schema.REGIONS):
@@ -203,6 +205,7 @@ class SyntheticSource:
             box = ((fx0 + shift[0]) * s, (fy0 + shift[1]) * s, (fx1 + shift[0]) * s,
                    (fy1 + shift[1]) * s)
             crops[i] = crop_box(image, box, c)
+            boxes[i] = box
         caps = make_captions(regions, g)
         gt, gm = hash_tokenize(caps["global"], L, self.vocab_size)
         rt = np.zeros((schema.NUM_REGIONS, L), np.int32)
@@ -213,6 +216,7 @@ class SyntheticSource:
             "image": image[..., None],
             "crops": crops[..., None],
             "crop_mask": crop_mask,
+            "boxes": boxes,
             "global_tokens": gt,
             "global_mask": gm,
             "region_tokens": rt,

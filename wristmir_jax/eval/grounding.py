@@ -15,7 +15,9 @@ pixels, mapped into the canonical square with the manifest's image size and late
   IoU             the heatmap min-max normalised to [0, 1] and thresholded at `threshold`
                   (0.5), against the box's pixels (pixel centres inside the box); mean per bone
 Models trained without the word-region term are measured the same way, with the fixed
-attention scale models.model.WORD_ATTN_SCALE.
+attention scale models.model.WORD_ATTN_SCALE. A model trained with the `region_grounding` term
+(losses/region_grounding.py) was taught this very heatmap against the localizer's boxes of the
+training split; the result records that (`box_supervised`).
 """
 
 from __future__ import annotations
@@ -197,7 +199,7 @@ def evaluate_grounding(index_dir: str, boxes_path: str, manifest_path: str | Non
         raise UserError("grounding needs the index's DATA_DIR and split", path=data_dir)
     manifest_path = manifest_path or os.path.join(os.path.dirname(os.path.abspath(boxes_path)),
                                                   "manifest.jsonl")
-    model, params, _ = restore_for_inference(workdir)
+    model, params, cfg = restore_for_inference(workdir)
     fn = make_heatmap_fn(model)
     src = DatasetSource(data_dir, split)
     ids, heat, images = [], [], []
@@ -219,7 +221,8 @@ def evaluate_grounding(index_dir: str, boxes_path: str, manifest_path: str | Non
     res = grounding_metrics(heat, boxes, size, threshold)
     res.update(images=len(ids), split=split, grid=list(heat.shape[2:]),
                attn_scale=float(np.asarray(model.word_attn_scale(params))),
-               learned_scale=bool(model.word_features), boxes=os.path.abspath(boxes_path))
+               learned_scale=bool(model.word_features), boxes=os.path.abspath(boxes_path),
+               box_supervised=_term_weight(cfg, "region_grounding") > 0)
     if out_dir and overlays > 0:
         paths = write_overlays(os.path.join(out_dir, "grounding"), images, heat[:len(images)],
                                boxes[:len(images)], ids[:len(images)])
@@ -228,6 +231,13 @@ def evaluate_grounding(index_dir: str, boxes_path: str, manifest_path: str | Non
              ", ".join(f"{r} {v['pointing_game']:.3f}" for r, v in res["per_bone"].items()
                        if v["pointing_game"] is not None))
     return res
+
+
+def _term_weight(cfg, name: str) -> float:
+    try:
+        return float(cfg.loss.terms.get(name, 0.0) or 0.0)
+    except AttributeError:
+        return 0.0
 
 
 def write_overlays(folder: str, images, heat: np.ndarray, boxes: np.ndarray, ids) -> list[str]:
@@ -274,7 +284,10 @@ def markdown(res: dict) -> list[str]:
              f"{res['images']} {res['split']} images; heatmap = mean word -> location attention on a "
              f"{res['grid'][0]}x{res['grid'][1]} grid (attention scale {res['attn_scale']:.2f}, "
              f"{'learned' if res['learned_scale'] else 'fixed: no word-region term'}); gold boxes "
-             f"never used in training; IoU of the map thresholded at {res['threshold']}.", "",
+             f"never used in training"
+             + ("; the attention was taught the localizer's boxes of the training split "
+                "(`region_grounding` term)" if res.get("box_supervised") else "")
+             + f"; IoU of the map thresholded at {res['threshold']}.", "",
              "| bone | pointing game | mean IoU | n |", "|---|---|---|---|"]
     f = lambda v: "-" if v is None else f"{v:.3f}"
     for r, v in res["per_bone"].items():

@@ -17,14 +17,18 @@ of identical captions and missing crops):
                                            global caption and the global image's spatial
                                            features, symmetric InfoNCE   agg=5.0
                                            (needs model.word_features; see word_region.py)
+  region_grounding                         location-conditioned word attention: each bone's
+                                           region-caption words attend over the global image,
+                                           KL to the localizer's box (needs model.word_features
+                                           and model.region_words; see region_grounding.py)
   {global,local}_{clip,siglip,multipos}_ring   the same values and gradients computed blockwise
                                            over the mesh's data axis    mesh=None, axis="data"
                                            (+ threshold for multipos)
 The objective's config shape is documented in objective.py.
 """
 
-from wristmir_jax.losses import contrastive, ring, word_region  # noqa: F401  (registers the terms)
+from wristmir_jax.losses import contrastive, region_grounding, ring, word_region  # noqa: F401  (registers the terms)
 from wristmir_jax.losses.objective import objective
 from wristmir_jax.losses.registry import get, names, register
 
-__all__ = ["objective", "register", "get", "names", "contrastive", "ring", "word_region"]
+__all__ = ["objective", "register", "get", "names", "contrastive", "region_grounding", "ring", "word_region"]

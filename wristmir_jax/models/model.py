@@ -25,6 +25,10 @@ image tower's last feature map through the global image projection), `word_txt` 
 global caption token through the global text projection; with a frozen tower from the batch's
 `global_token_feat` f32[B,L,W]) and the learned `word_attn_scale` / `word_scale`: the inputs of
 the word-region term. `encode_spatial` / `encode_words` give the same for any model (grounding).
+With `region_words` as well, encode returns `region_word_txt` f32[B,3,L,D]: each bone's region
+caption token by token through the global text tower and projection (the words grounding
+measures; the `region_grounding` term's input; with a frozen tower from the batch's
+`region_token_feat` f32[B,3,L,W]).
 
 Towers: global image (ViT or ResNet) <-> global caption; local image (one tower shared across the
 three bones with a region embedding, or one per bone, vmapped) <-> region caption. The text
@@ -72,6 +76,7 @@ class NetSpec:
     init_bias: float
     max_scale: float
     word_features: bool = False
+    region_words: bool = False
 
 
 def _tower_cls(spec):
@@ -224,7 +229,7 @@ class WristNet(nn.Module):
 
     def __call__(self, batch):
         b = batch["image"].shape[0]
-        words = None
+        words = region_words = None
         if "global_text_feat" in batch:
             # A frozen text tower's pooled features, computed once per caption (TextFeatureCache):
             # only the projection heads see the gradient.
@@ -236,6 +241,12 @@ class WristNet(nn.Module):
                     raise KeyError("model.word_features with a frozen text tower needs "
                                    "batch['global_token_feat'] (TextFeatureCache with tokens)")
                 words = _l2_normalize(self.global_text_proj(batch["global_token_feat"].astype(dt)))
+            if self.spec.region_words:
+                if "region_token_feat" not in batch:
+                    raise KeyError("model.region_words with a frozen text tower needs "
+                                   "batch['region_token_feat'] (TextFeatureCache with region tokens)")
+                region_words = _l2_normalize(
+                    self.global_text_proj(batch["region_token_feat"].astype(dt)))
         else:
             rt = batch["region_tokens"]
             length = rt.shape[-1]
@@ -248,6 +259,10 @@ class WristNet(nn.Module):
             global_txt = _l2_normalize(self.global_text_proj(pooled))
             if self.spec.word_features:
                 words = _l2_normalize(self.global_text_proj(h))
+            if self.spec.region_words:
+                region_words = self.embed_words(
+                    rt.reshape(b * NUM_REGIONS, length),
+                    batch["region_mask"].reshape(b * NUM_REGIONS, length)).reshape(b, NUM_REGIONS, length, -1)
         if self.spec.word_features:
             global_img, spatial = self.embed_image_spatial(batch["image"])
         else:
@@ -260,6 +275,8 @@ class WristNet(nn.Module):
         if self.spec.word_features:
             out["spatial_img"], out["word_txt"] = spatial, words
             out["word_attn_scale"], out["word_scale"] = self.word_scales()
+        if self.spec.region_words:
+            out["region_word_txt"] = region_words
         return out
 
 
@@ -290,6 +307,9 @@ def _image_spec(c, size: int, common: dict, num_regions: int):
 def net_spec(cfg: ml_collections.ConfigDict, deterministic: bool = True) -> NetSpec:
     if cfg.dtype not in _DTYPES:
         raise ValueError(f"model dtype must be one of {sorted(_DTYPES)}, got {cfg.dtype!r}")
+    if cfg.get("region_words", False) and not cfg.get("word_features", False):
+        raise ValueError("model.region_words needs model.word_features=True (the spatial map and "
+                         "the learned word attention scale)")
     common = dict(dtype=_DTYPES[cfg.dtype], remat=bool(cfg.remat), scan=bool(cfg.scan_layers),
                   dropout=float(cfg.dropout), deterministic=deterministic)
     shared = bool(cfg.local.shared_across_regions)
@@ -308,7 +328,8 @@ def net_spec(cfg: ml_collections.ConfigDict, deterministic: bool = True) -> NetS
         local_shared=shared, region_embedding=region_emb, text=text,
         share_text_tower=bool(cfg.share_text_tower),
         init_log_scale=float(math.log(1.0 / cfg.init_temperature)), init_bias=float(cfg.init_bias),
-        max_scale=float(cfg.max_scale), word_features=bool(cfg.get("word_features", False)))
+        max_scale=float(cfg.max_scale), word_features=bool(cfg.get("word_features", False)),
+        region_words=bool(cfg.get("region_words", False)))
 
 
 # ----------------------------------------------------------------------------- public model
@@ -362,8 +383,9 @@ class WristModel:
         if "global_text_feat" in batch:  # cached frozen-tower features (models/text_cache.py)
             out["global_text_feat"] = batch["global_text_feat"]
             out["region_text_feat"] = batch["region_text_feat"]
-            if "global_token_feat" in batch:
-                out["global_token_feat"] = batch["global_token_feat"]
+            for k in ("global_token_feat", "region_token_feat"):
+                if k in batch:
+                    out[k] = batch[k]
         return out
 
     # -- init
@@ -450,6 +472,12 @@ class WristModel:
         scales (the word-region term's inputs); a frozen text tower's cache then keeps each
         distinct global caption's token hidden states too."""
         return self.spec.word_features
+
+    @property
+    def region_words(self) -> bool:
+        """True when cfg.region_words: encode also returns region_word_txt; a frozen text tower's
+        cache then keeps each distinct region caption's token hidden states too."""
+        return self.spec.region_words
 
     @property
     def text_frozen(self) -> bool:

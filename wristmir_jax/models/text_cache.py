@@ -19,7 +19,10 @@ on) the cache also keeps each distinct global caption's token hidden states (up 
 token) and `attach` adds `global_token_feat` f32[B,L,W]. Those are L times larger than the pooled
 features, so they live in a least-recently-used table of at most `max_token_entries` captions
 (the pooled table is small and unbounded); an evicted caption is run through the tower again
-when it comes back.
+when it comes back. With `region_tokens=True` (the default when the model has `region_words`)
+`attach` also adds `region_token_feat` f32[B,3,L,W]: each region caption through the global tower
+(the words grounding attends with), cached under the same keys as a global caption of the same
+tokens, since the tower sees identical inputs.
 """
 
 from __future__ import annotations
@@ -41,10 +44,13 @@ class TextFeatureCache:
     step; the frozen text leaves have the same values in both)."""
 
     def __init__(self, model: Any, params: Any, chunk: int = 64, tokens: bool | None = None,
-                 max_token_entries: int = 4096):
+                 max_token_entries: int = 4096, region_tokens: bool | None = None):
         self.model = model
         self.chunk = int(chunk)
-        self.tokens = bool(getattr(model, "word_features", False) if tokens is None else tokens)
+        self.region_tokens = bool(getattr(model, "region_words", False)
+                                  if region_tokens is None else region_tokens)
+        self.tokens = self.region_tokens or bool(
+            getattr(model, "word_features", False) if tokens is None else tokens)
         self.max_token_entries = int(max_token_entries)
         if self.tokens and self.max_token_entries < self.chunk:
             raise ValueError(f"max_token_entries {max_token_entries} < chunk {chunk}")
@@ -143,6 +149,8 @@ class TextFeatureCache:
         rt, rm = np.asarray(captions["region_tokens"]), np.asarray(captions["region_mask"])
         for r in range(NUM_REGIONS):
             items += self._items(rt[:, r], rm[:, r], r)
+            if self.region_tokens:
+                items += self._items(rt[:, r], rm[:, r], -1)
         if self.tokens:
             # Token states of more captions than the table holds would only be evicted again:
             # prefill the first max_token_entries, the rest fill lazily from the batches.
@@ -186,11 +194,16 @@ class TextFeatureCache:
         glob = self._items(np.asarray(batch["global_tokens"]), np.asarray(batch["global_mask"]), -1)
         rt, rm = np.asarray(batch["region_tokens"]), np.asarray(batch["region_mask"])
         reg = [self._items(rt[:, r], rm[:, r], r) for r in range(NUM_REGIONS)]
-        self._fill(glob + [it for items in reg for it in items])
+        # Region captions through the global tower (their token states), keyed as global captions.
+        words = [self._items(rt[:, r], rm[:, r], -1) for r in range(NUM_REGIONS)] if self.region_tokens else []
+        self._fill(glob + [it for items in reg + words for it in items])
         out["global_text_feat"] = np.stack([self._table[k] for k, _, _ in glob])
         if self.tokens:
             out["global_token_feat"] = self._token_rows(glob, np.asarray(batch["global_tokens"]).shape[-1])
-            self._evict({k for k, _, _ in glob})
+            if words:
+                out["region_token_feat"] = np.stack([self._token_rows(items, rt.shape[-1]) for items in words],
+                                                    axis=1)
+            self._evict({k for items in [glob, *words] for k, _, _ in items})
         out["region_text_feat"] = np.stack(
             [np.stack([self._table[k] for k, _, _ in items]) for items in reg], axis=1)
         return out

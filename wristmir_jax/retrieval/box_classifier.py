@@ -7,7 +7,13 @@ concatenated: f32[3 * D], plus the box's geometry in the canonical frame (centre
 height as fractions of the image, log aspect: `box_geometry`). A crop tower with per-bone weights
 or a region embedding answers each id differently, and how well a crop matches each bone's view
 tells the bones apart; where the box lies and how large it is separates what the crop alone
-confuses (a loose styloid box and the ulna around it; measured: 0.74 -> see BUILD_NOTES).
+confuses (a loose styloid box and the ulna around it; measured: 0.74 -> see BUILD_NOTES). With
+`roi=True` (the default) the features also hold the box's ROI-pooled global spatial embedding
+(RegionMIR's region-of-interest pooling): the whole image through the global tower
+(`encode_spatial`), the L2-normalised locations averaged with the box's coverage of each cell,
+f32[D]. That carries what surrounds the box at the scale of the whole wrist (on a lateral view
+the radius and ulna boxes overlap, and the crop alone looks the same for both); a model trained
+with the `region_grounding` term has been taught which locations are which bone.
 Head: a two-layer MLP (hidden 128, GELU) trained with Adam on these features. `finetune=True`
 also updates the crop tower's projection (local_image_proj) with the head, starting from the
 contrastive weights; the rest of the tower stays frozen (CPU budget).
@@ -100,6 +106,40 @@ def box_geometry(box: Sequence[float], w: int, h: int, laterality: str | None) -
         x0, x1 = w - x1, w - x0
     bw, bh = max(x1 - x0, 1e-3), max(y1 - y0, 1e-3)
     return np.array([(x0 + x1) / 2 / w, (y0 + y1) / 2 / h, bw / w, bh / h, np.log(bw / bh)], np.float32)
+
+
+def roi_features(model, params, img: np.ndarray, boxes: Sequence[Sequence[float]],
+                 laterality: str | None, spatial_fn=None) -> np.ndarray:
+    """f32[K, D]: each box's (original pixels) ROI-pooled global spatial embedding of the image:
+    the canonical image as the dataset stores it, `encode_spatial`, then the average of the
+    locations weighted by the box's coverage of each cell, L2-normalised (zero for a box that
+    covers no cell)."""
+    from wristmir_jax.data.features import to_uint8
+    from wristmir_jax.imaging.preprocess import prepare
+    from wristmir_jax.losses.region_grounding import box_cell_coverage
+
+    size = model.image_size
+    prepared, geo = prepare(np.asarray(img, np.float32), laterality, size)
+    pixels = (to_uint8(prepared).astype(np.float32) / 255.0)[None, ..., None]
+    fn = spatial_fn or model.encode_spatial
+    spatial = np.asarray(fn(params, pixels), np.float32)[0]                 # [h,w,D]
+    h, w, _ = spatial.shape
+    pb = np.asarray([geo.box_to_processed(b) for b in boxes], np.float32).reshape(-1, 4)
+    cover = np.asarray(box_cell_coverage(pb, h, w, float(size)), np.float32).reshape(len(pb), -1)
+    pooled = cover @ spatial.reshape(h * w, -1)
+    norm = np.linalg.norm(pooled, axis=1, keepdims=True)
+    return np.where(norm > 0, pooled / np.maximum(norm, 1e-12), 0.0).astype(np.float32)
+
+
+def box_descriptors(model, params, img: np.ndarray, boxes: Sequence[Sequence[float]],
+                    laterality: str | None, roi: bool = True, spatial_fn=None) -> np.ndarray:
+    """f32[K, 5 (+ D with roi)]: `box_geometry` of each box, then its `roi_features`: what the
+    head sees besides the crop features."""
+    h, w = np.asarray(img).shape
+    geo = np.stack([box_geometry(b, w, h, laterality) for b in boxes]).astype(np.float32)
+    if not roi:
+        return geo
+    return np.concatenate([geo, roi_features(model, params, img, boxes, laterality, spatial_fn)], 1)
 
 
 def box_crop(img: np.ndarray, box: Sequence[float], laterality: str | None, size: int, margin: float) -> np.ndarray:
@@ -269,7 +309,8 @@ def train(model, params, crops: np.ndarray, geometry: np.ndarray, labels: np.nda
 
 def classify_crops(clf: BoxClassifier, model, params, crops: np.ndarray, geometry: np.ndarray,
                    featurizer=None) -> np.ndarray:
-    """Class probabilities f32[N, 4] for crops f32[N,s,s,1] and their box geometry f32[N,5]."""
+    """Class probabilities f32[N, 4] for crops f32[N,s,s,1] and their box descriptors
+    (`box_descriptors`: geometry f32[N,5], and the ROI features when the classifier has them)."""
     import jax.numpy as jnp
 
     featurizer = featurizer or make_featurizer(model)
@@ -294,6 +335,6 @@ def classify_box_file(model, params, params_sha256: str, path: str, box: Sequenc
     except SchemaError as e:
         raise UserError(str(e), path=path) from None
     crop = box_crop(img, box, laterality, model.crop_size, float(clf.meta.get("margin", 0.2)))
-    geo = box_geometry(box, w, h, laterality)[None]
-    probs = classify_crops(clf, model, params, crop[None, ..., None].astype(np.float32), geo)[0]
+    desc = box_descriptors(model, params, img, [box], laterality, roi=bool(clf.meta.get("roi", False)))
+    probs = classify_crops(clf, model, params, crop[None, ..., None].astype(np.float32), desc)[0]
     return CLASSES[int(probs.argmax())], {c: round(float(p), 4) for c, p in zip(CLASSES, probs)}
