@@ -73,7 +73,7 @@ def log_heatmap(spatial, words, words_mask, attn_scale):
 
 def region_grounding_loss(spatial, words, words_mask, boxes, valid, attn_scale, image_size):
     """(loss, aux) of the module docstring. valid bool[B,R]: the bone has a box (and words)."""
-    b, h, w = spatial.shape[:3]
+    h, w = spatial.shape[1:3]
     log_heat = log_heatmap(spatial, words, words_mask, attn_scale)             # [B,R,M]
     cover = box_cell_coverage(boxes, h, w, image_size).reshape(boxes.shape[:-1] + (h * w,))
     total = jnp.sum(cover, axis=-1)
