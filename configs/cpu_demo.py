@@ -9,9 +9,10 @@ Losses: multi-positive image<->caption terms, globally and per bone, plus `local
 (crop<->crop positives: other crops of the same bone whose mined findings are relevant), plus
 `region_grounding` (losses/region_grounding.py): each region caption's words attend over the
 global image's 32 x 32 stage-0 grid (an ulnar styloid is ~8 px at 128 px: the 4 x 4 last map
-cannot point at it, and on the 16 x 16 stage-1 grid its pointing game was 0.83) and are taught the localizer's box of their bone, the boxes the crops are cut
-around. That is what phrase grounding measures, and it also lifted retrieval and the box
-classifier (BUILD_NOTES, Method experiments). Text: the
+cannot point at it, and on the 16 x 16 stage-1 grid its pointing game was 0.83) and are taught
+the localizer's box of their bone, the boxes the crops are cut around. That is what phrase
+grounding measures, and it also lifted retrieval and the box classifier (BUILD_NOTES, Method
+experiments). Text: the
 packaged all-MiniLM-L6-v2, frozen, its features computed once per distinct caption
 (models/text_cache.py); only the projection heads learn on the text side. The dataset must be
 built with `wristmir build ... --tokenizer minilm` (the demo does).

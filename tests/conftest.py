@@ -18,6 +18,30 @@ import pytest  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def assert_grad_matches_fd(grad: dict, emb: dict, value, scalars=(), fields=(), per_field: int = 4,
+                           seed: int = 5, eps: float = 1e-6) -> None:
+    """Central finite differences of `value(emb)` (float64, an independent reference) at the scalar
+    leaves `scalars` and at `per_field` random coordinates of each array in `fields` equal the
+    analytic `grad` (dict of numpy arrays); at least four of them must move."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    coords = [(f, ()) for f in scalars]
+    for f in fields:
+        for _ in range(per_field):
+            coords.append((f, tuple(int(rng.integers(0, s)) for s in np.shape(emb[f]))))
+    moved = 0
+    for f, idx in coords:
+        plus = {k: np.array(v, np.float64) for k, v in emb.items()}
+        minus = {k: np.array(v, np.float64) for k, v in emb.items()}
+        plus[f][idx] += eps
+        minus[f][idx] -= eps
+        fd = (value(plus) - value(minus)) / (2 * eps)
+        np.testing.assert_allclose(grad[f][idx], fd, rtol=1e-5, atol=1e-8, err_msg=f"{f}{idx}")
+        moved += abs(fd) > 1e-6
+    assert moved >= 4, "finite differences saw almost no signal"
+
+
 def untrained_workdir(data_dir: str, work: pathlib.Path) -> pathlib.Path:
     """`work` holding configs/tiny.py on `data_dir` (resolved config.json) and its untrained
     state saved as step 1: what `embed` and `search` read from a trained workdir."""

@@ -104,10 +104,13 @@ def test_gold_boxes_map_into_the_canonical_frame(tmp_path):
         G.gold_boxes(["a"], str(tmp_path / "none.jsonl"), str(man), 32)
 
 
-@pytest.mark.parametrize("word_features", [False, True])
-def test_heatmaps_are_the_mean_word_attention(word_features):
+@pytest.mark.parametrize("kind", ["untrained_scale", "word_features", "grounding_heads"])
+def test_heatmaps_are_the_mean_word_attention(kind):
     c = model_config("tiny_resnet")
-    c.word_features = word_features
+    c.word_features = kind != "untrained_scale"
+    if kind == "grounding_heads":  # region words and the spatial map through the grounding's heads
+        c.region_words = c.grounding_heads = True
+        c.image.spatial_stage = 0
     model = build(c)
     rng = np.random.default_rng(0)
     b = model.dummy_batch(2)
@@ -123,7 +126,8 @@ def test_heatmaps_are_the_mean_word_attention(word_features):
     scale = float(model.word_attn_scale(params))
     for n in range(2):
         for r in range(3):
-            wv = np.asarray(model.encode_words(params, tokens[n, r][None], mask[n, r][None]), np.float64)[0]
+            wv = np.asarray(model.encode_region_words(params, tokens[n, r][None], mask[n, r][None]),
+                            np.float64)[0]
             maps = []
             for t in np.nonzero(words[n, r])[0]:
                 logit = scale * (sp[n].reshape(h * w, -1) @ wv[t])

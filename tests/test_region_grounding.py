@@ -8,6 +8,7 @@ import pytest
 
 import jax
 import jax.numpy as jnp
+from conftest import assert_grad_matches_fd
 
 from wristmir_jax import losses
 from wristmir_jax.losses.region_grounding import box_cell_coverage, content_words
@@ -107,13 +108,6 @@ def test_box_coverage_counts_pixels():
         np.testing.assert_allclose(got[n], want, atol=1e-6)
 
 
-def test_content_words_match_the_grounding_evaluation():
-    from wristmir_jax.eval.grounding import content_mask
-
-    mask = (np.arange(7) < np.array([[0], [1], [2], [3], [7]])).astype(np.int32)
-    np.testing.assert_array_equal(np.asarray(content_words(mask)), content_mask(mask))
-
-
 def test_gradient_matches_finite_differences():
     emb, batch = make_inputs(4)
     batch = _snap(batch)
@@ -121,21 +115,8 @@ def test_gradient_matches_finite_differences():
         grad = jax.jit(jax.grad(lambda e, b: losses.get("region_grounding")(e, b, None)[0]))(
             _jax(emb, jnp.float64), _jax(batch, jnp.float64))
         grad = {k: np.asarray(v) for k, v in grad.items()}
-    rng = np.random.default_rng(5)
-    coords = [("word_attn_scale", ())]
-    for f in ("spatial_img", "region_word_txt"):
-        for _ in range(5):
-            coords.append((f, tuple(int(rng.integers(0, s)) for s in np.shape(emb[f]))))
-    eps, moved = 1e-6, 0
-    for f, idx in coords:
-        plus = {k: np.array(v, np.float64) for k, v in emb.items()}
-        minus = {k: np.array(v, np.float64) for k, v in emb.items()}
-        plus[f][idx] += eps
-        minus[f][idx] -= eps
-        fd = (reference(plus, batch) - reference(minus, batch)) / (2 * eps)
-        np.testing.assert_allclose(grad[f][idx], fd, rtol=1e-5, atol=1e-8, err_msg=f"{f}{idx}")
-        moved += abs(fd) > 1e-6
-    assert moved >= 4, "finite differences saw almost no signal"
+    assert_grad_matches_fd(grad, emb, lambda e: reference(e, batch), scalars=("word_attn_scale",),
+                           fields=("spatial_img", "region_word_txt"), per_field=5)
     # Words outside the content mask and bones without a box carry no gradient.
     words = np.asarray(content_words(batch["region_mask"]))
     assert not np.any(grad["region_word_txt"][~words])
@@ -185,10 +166,12 @@ def test_augmentation_moves_the_boxes_with_the_image():
     assert shifted > 4.0, "the augmentation never moved a box"
 
 
-def _tiny():
+def _tiny(grounding_heads=False, spatial_stage=-1):
     c = model_config("tiny_resnet")
     c.word_features = True
     c.region_words = True
+    c.grounding_heads = grounding_heads
+    c.image.spatial_stage = spatial_stage
     return build(c)
 
 
@@ -203,10 +186,11 @@ def _batch(model, n=4, seed=0):
     return b
 
 
-def test_model_region_words_live_and_from_the_frozen_cache():
+@pytest.mark.parametrize("heads", [False, True])
+def test_model_region_words_live_and_from_the_frozen_cache(heads):
     from wristmir_jax.models.text_cache import TextFeatureCache
 
-    model = _tiny()
+    model = _tiny(heads)
     b = _batch(model, 4)
     b["region_tokens"][2, 1] = b["global_tokens"][0]  # a region caption equal to a global one
     b["region_mask"][2, 1] = b["global_mask"][0]
@@ -214,8 +198,8 @@ def test_model_region_words_live_and_from_the_frozen_cache():
     emb = model.encode(params, b)
     rw = np.asarray(emb["region_word_txt"])
     n, r, length = b["region_tokens"].shape
-    want = np.asarray(model.encode_words(params, b["region_tokens"].reshape(n * r, length),
-                                         b["region_mask"].reshape(n * r, length))).reshape(rw.shape)
+    want = np.asarray(model.encode_region_words(params, b["region_tokens"].reshape(n * r, length),
+                                                b["region_mask"].reshape(n * r, length))).reshape(rw.shape)
     real = b["region_mask"] > 0
     np.testing.assert_allclose(rw[real], want[real], rtol=1e-5, atol=1e-6)
     cache = TextFeatureCache(model, params, chunk=4)
@@ -228,6 +212,43 @@ def test_model_region_words_live_and_from_the_frozen_cache():
     c = model_config("tiny_resnet")
     c.word_features = True
     assert "region_token_feat" not in TextFeatureCache(build(c), params).attach(b)
+
+
+@pytest.mark.parametrize("heads", [False, True])
+def test_grounding_heads_keep_the_term_off_the_global_projections(heads):
+    """With model.grounding_heads the term's gradient reaches its own heads and never the global
+    text / image projections (the global embeddings' last layers); without, it bends both."""
+    model = _tiny(heads, spatial_stage=0)
+    b = _batch(model, 4)
+    b["boxes"] = np.tile(np.array([[8, 8, 40, 40], [30, 10, 60, 34], [2, 40, 20, 60]], np.float32), (4, 1, 1))
+    b["crop_mask"] = np.ones((4, 3), np.float32)
+    params, _ = model.init(jax.random.key(0), b)
+    term = losses.get("region_grounding")
+    grad = jax.grad(lambda p: term(model.encode(p, b), b, None)[0])(params)
+    norm = {k: float(sum(np.abs(np.asarray(x)).sum() for x in jax.tree.leaves(v))) for k, v in grad.items()}
+    assert norm["global_spatial_proj"] > 0 and norm["global_image"] > 0
+    if heads:
+        assert norm["region_word_proj"] > 0 and norm["spatial_proj"] > 0
+        assert norm["global_text_proj"] == 0 and norm["global_image_proj"] == 0
+        # and the global embeddings do not depend on the grounding heads
+        bumped = jax.tree.map(lambda x: x, params)
+        bumped["region_word_proj"] = jax.tree.map(lambda x: x + 1.0, params["region_word_proj"])
+        bumped["spatial_proj"] = jax.tree.map(lambda x: x + 1.0, params["spatial_proj"])
+        e0, e1 = model.encode(params, b), model.encode(bumped, b)
+        for k in ("global_img", "global_txt"):
+            np.testing.assert_array_equal(np.asarray(e0[k]), np.asarray(e1[k]))
+        assert not np.allclose(np.asarray(e0["region_word_txt"]), np.asarray(e1["region_word_txt"]))
+    else:
+        assert "region_word_proj" not in params and "spatial_proj" not in params
+        assert norm["global_text_proj"] > 0 and norm["global_image_proj"] > 0
+
+
+def test_grounding_heads_need_region_words():
+    c = model_config("tiny_resnet")
+    c.word_features = True
+    c.grounding_heads = True
+    with pytest.raises(ValueError, match="grounding_heads needs model.region_words"):
+        build(c)
 
 
 def test_a_model_learns_to_point_at_the_box():

@@ -37,16 +37,12 @@ def _read_boxes(path: str) -> dict[str, dict]:
 
 
 def collect(manifest: list[dict], root: str, boxes: dict[str, dict], split: str, size: int, margin: float,
-            rng: np.random.Generator, max_images: int = 0, describe=None
+            rng: np.random.Generator, describe, max_images: int = 0
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Crops f32[N,s,s,1], box descriptors f32[N,F] (`describe(img, boxes, laterality)`, default
-    the geometry alone), labels int[N] and views str[N] of the sampled boxes of one split's images."""
+    """Crops f32[N,s,s,1], box descriptors f32[N,F] (`describe(img, boxes, laterality)`, one call per
+    image), labels int[N] and views str[N] of the sampled boxes of one split's images."""
     from wristmir_jax.imaging.io import load_image
-    from wristmir_jax.retrieval.box_classifier import box_crop, box_geometry, sample_boxes
-
-    if describe is None:
-        def describe(img, bxs, lat):
-            return np.stack([box_geometry(b, img.shape[1], img.shape[0], lat) for b in bxs])
+    from wristmir_jax.retrieval.box_classifier import box_crop, sample_boxes
 
     crops, geo, labels, views = [], [], [], []
     rows = [m for m in manifest if m.get("split") == split and m["id"] in boxes]
@@ -66,8 +62,7 @@ def collect(manifest: list[dict], root: str, boxes: dict[str, dict], split: str,
     if not crops:
         raise UserError(f"no {split} images with boxes", path=None)
     return (np.stack(crops)[..., None].astype(np.float32), np.concatenate(geo).astype(np.float32),
-            np.asarray(labels, np.int32),
-            np.asarray(views))
+            np.asarray(labels, np.int32), np.asarray(views))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,9 +86,9 @@ def run(args: argparse.Namespace) -> int:
         return box_descriptors(model, params, img, bxs, lat, roi=args.roi, spatial_fn=spatial_fn)
 
     xtr, gtr, ytr, _ = collect(manifest, root, _read_boxes(args.boxes), "train", size, args.margin, rng,
-                               args.max_images, describe)
+                               describe, args.max_images)
     xte, gte, yte, vte = collect(manifest, root, _read_boxes(args.eval_boxes or args.boxes), "test", size,
-                                 args.margin, np.random.default_rng(args.seed + 1), describe=describe)
+                                 args.margin, np.random.default_rng(args.seed + 1), describe)
     feat = make_featurizer(model)
     clf = train(model, params, xtr, gtr, ytr, steps=args.steps, finetune=args.finetune, seed=args.seed, featurizer=feat)
     pred = classify_crops(clf, model, params, xte, gte, featurizer=feat).argmax(-1)

@@ -107,31 +107,29 @@ def grounding_metrics(heatmaps: np.ndarray, boxes: np.ndarray, size: int,
 
 # --- heatmaps from a model --------------------------------------------------------------------
 def content_mask(mask: np.ndarray) -> np.ndarray:
-    """The real tokens of int[...,L] masks without the first ([CLS]) and last ([SEP]) one;
-    captions of at most two tokens keep all of theirs."""
-    mask = np.asarray(mask) > 0
-    n = mask.sum(-1, keepdims=True)
-    pos = np.arange(mask.shape[-1])
-    inner = mask & (pos > 0) & (pos < n - 1)
-    return np.where(n > 2, inner, mask)
+    """bool[...,L]: the real tokens of int[...,L] masks without [CLS] and [SEP] (captions of at
+    most two tokens keep theirs); the words the `region_grounding` term trains, by the same function."""
+    from wristmir_jax.losses.region_grounding import content_words
+
+    return np.asarray(content_words(mask))
 
 
 def make_heatmap_fn(model):
     """jitted fn(params, images f32[B,S,S,1], tokens i32[B,3,L], mask i32[B,3,L], words bool[B,3,L])
-    -> f32[B,3,h,w]: the mean word -> location attention of each region caption."""
+    -> f32[B,3,h,w]: the mean word -> location attention of each region caption (the heatmap the
+    `region_grounding` term trains: losses.region_grounding.log_heatmap)."""
     import jax
     import jax.numpy as jnp
+
+    from wristmir_jax.losses.region_grounding import log_heatmap
 
     def fn(params, images, tokens, mask, words):
         b, r, length = tokens.shape
         spatial = model.encode_spatial(params, images)                        # [B,h,w,D]
-        w = model.encode_words(params, tokens.reshape(b * r, length), mask.reshape(b * r, length))
-        w = w.reshape(b, r, length, -1)
-        logits = model.word_attn_scale(params) * jnp.einsum("brtd,bhwd->brthw", w, spatial)
-        h, wd = spatial.shape[1:3]
-        a = jax.nn.softmax(logits.reshape(b, r, length, h * wd), axis=-1).reshape(logits.shape)
-        m = words.astype(jnp.float32)[..., None, None]
-        return jnp.sum(a * m, axis=2) / jnp.maximum(jnp.sum(m, axis=2), 1.0)
+        w = model.encode_region_words(params, tokens.reshape(b * r, length), mask.reshape(b * r, length))
+        heat = jnp.exp(log_heatmap(spatial, w.reshape(b, r, length, -1), words.astype(bool),
+                                   model.word_attn_scale(params)))
+        return heat.reshape((b, r) + spatial.shape[1:3])
 
     return jax.jit(fn)
 

@@ -35,7 +35,7 @@ def _unit(x):
 
 def content_words(mask):
     """bool[...,L]: the real tokens of int/bool[...,L] masks without the first ([CLS]) and last
-    ([SEP]) one; captions of at most two tokens keep all of theirs (eval/grounding.content_mask)."""
+    ([SEP]) one; captions of at most two tokens keep all of theirs (also the grounding evaluation's)."""
     mask = jnp.asarray(mask) > 0
     n = jnp.sum(mask, axis=-1, keepdims=True)
     pos = jnp.arange(mask.shape[-1])

@@ -28,7 +28,9 @@ the word-region term. `encode_spatial` / `encode_words` give the same for any mo
 With `region_words` as well, encode returns `region_word_txt` f32[B,3,L,D]: each bone's region
 caption token by token through the global text tower and projection (the words grounding
 measures; the `region_grounding` term's input; with a frozen tower from the batch's
-`region_token_feat` f32[B,3,L,W]).
+`region_token_feat` f32[B,3,L,W]). With `grounding_heads` the region words and the spatial map's
+last-map part have projection heads of their own (`region_word_proj`, `spatial_proj`), so the
+grounding term leaves the global projections to the global terms.
 
 Towers: global image (ViT or ResNet) <-> global caption; local image (one tower shared across the
 three bones with a region embedding, or one per bone, vmapped) <-> region caption. The text
@@ -77,6 +79,7 @@ class NetSpec:
     max_scale: float
     word_features: bool = False
     region_words: bool = False
+    grounding_heads: bool = False
 
 
 def _tower_cls(spec):
@@ -116,6 +119,9 @@ class WristNet(nn.Module):
             # The finer map's own projection, added to the upsampled last map's (see _spatial).
             self.global_spatial_proj = Linear(**proj)
         self.local_text_proj = Linear(**proj)
+        if s.grounding_heads:
+            self.region_word_proj = Linear(**proj)
+            self.spatial_proj = Linear(**proj)
         scale_init = logical(nn.initializers.constant(s.init_log_scale), ())
         bias_init = logical(nn.initializers.constant(s.init_bias), ())
         self.global_log_scale = self.param("global_log_scale", scale_init, (), jnp.float32)
@@ -143,15 +149,16 @@ class WristNet(nn.Module):
         its last feature map (ViT: patch tokens) through the global image projection; with
         image.spatial_stage (ResNet) on that stage's finer grid, the last map's projection
         (nearest-upsampled: what is there) plus the finer map's own (where exactly)."""
+        last_proj = self.spatial_proj if self.spec.grounding_heads else self.global_image_proj
         if isinstance(self.spec.global_image, ViTSpec):
             g = self.spec.global_image.grid
-            return self.global_image_proj(fmap[:, 1:].reshape(fmap.shape[0], g, g, fmap.shape[-1]))
+            return last_proj(fmap[:, 1:].reshape(fmap.shape[0], g, g, fmap.shape[-1]))
         if isinstance(fmap, tuple):
             last, fine = fmap
             f = fine.shape[1] // last.shape[1]
-            up = jnp.repeat(jnp.repeat(self.global_image_proj(last), f, axis=1), f, axis=2)
+            up = jnp.repeat(jnp.repeat(last_proj(last), f, axis=1), f, axis=2)
             return up + self.global_spatial_proj(fine)
-        return self.global_image_proj(fmap)
+        return last_proj(fmap)
 
     def embed_image_spatial(self, image):
         """(global embedding f32[B,D], spatial embedding f32[B,h,w,D]): every location of the
@@ -168,6 +175,15 @@ class WristNet(nn.Module):
         the word-region term aligns; padding rows are meaningless, use the mask)."""
         _, h = self.text(tokens, mask)
         return _l2_normalize(self.global_text_proj(h))
+
+    def _region_word_proj(self):
+        return self.region_word_proj if self.spec.grounding_heads else self.global_text_proj
+
+    def embed_region_words(self, tokens, mask):
+        """f32[B,L,D]: every token of region captions through the global text tower and the
+        region words' projection (the `region_grounding` term's words; grounding heatmaps)."""
+        _, h = self.text(tokens, mask)
+        return _l2_normalize(self._region_word_proj()(h))
 
     def global_text_states(self, tokens, mask):
         """(pooled f32[B,W], hidden states f32[B,L,W]) of the global text tower, no projection."""
@@ -246,7 +262,7 @@ class WristNet(nn.Module):
                     raise KeyError("model.region_words with a frozen text tower needs "
                                    "batch['region_token_feat'] (TextFeatureCache with region tokens)")
                 region_words = _l2_normalize(
-                    self.global_text_proj(batch["region_token_feat"].astype(dt)))
+                    self._region_word_proj()(batch["region_token_feat"].astype(dt)))
         else:
             rt = batch["region_tokens"]
             length = rt.shape[-1]
@@ -260,7 +276,7 @@ class WristNet(nn.Module):
             if self.spec.word_features:
                 words = _l2_normalize(self.global_text_proj(h))
             if self.spec.region_words:
-                region_words = self.embed_words(
+                region_words = self.embed_region_words(
                     rt.reshape(b * NUM_REGIONS, length),
                     batch["region_mask"].reshape(b * NUM_REGIONS, length)).reshape(b, NUM_REGIONS, length, -1)
         if self.spec.word_features:
@@ -310,6 +326,9 @@ def net_spec(cfg: ml_collections.ConfigDict, deterministic: bool = True) -> NetS
     if cfg.get("region_words", False) and not cfg.get("word_features", False):
         raise ValueError("model.region_words needs model.word_features=True (the spatial map and "
                          "the learned word attention scale)")
+    if cfg.get("grounding_heads", False) and not cfg.get("region_words", False):
+        raise ValueError("model.grounding_heads needs model.region_words=True (they are the region "
+                         "words' and the spatial map's heads)")
     common = dict(dtype=_DTYPES[cfg.dtype], remat=bool(cfg.remat), scan=bool(cfg.scan_layers),
                   dropout=float(cfg.dropout), deterministic=deterministic)
     shared = bool(cfg.local.shared_across_regions)
@@ -329,7 +348,8 @@ def net_spec(cfg: ml_collections.ConfigDict, deterministic: bool = True) -> NetS
         share_text_tower=bool(cfg.share_text_tower),
         init_log_scale=float(math.log(1.0 / cfg.init_temperature)), init_bias=float(cfg.init_bias),
         max_scale=float(cfg.max_scale), word_features=bool(cfg.get("word_features", False)),
-        region_words=bool(cfg.get("region_words", False)))
+        region_words=bool(cfg.get("region_words", False)),
+        grounding_heads=bool(cfg.get("grounding_heads", False)))
 
 
 # ----------------------------------------------------------------------------- public model
@@ -454,6 +474,11 @@ class WristModel:
     def encode_words(self, params, tokens, mask):
         """f32[B,L,D]: each caption token through the (global) text tower and projection."""
         return self._apply(params, tokens, mask, method=WristNet.embed_words)
+
+    def encode_region_words(self, params, tokens, mask):
+        """f32[B,L,D]: each region caption token through the text tower and the region words'
+        projection (the global text projection unless model.grounding_heads)."""
+        return self._apply(params, tokens, mask, method=WristNet.embed_region_words)
 
     def global_text_states(self, params, tokens, mask):
         """(pooled f32[B,W], token hidden states f32[B,L,W]) of the global text tower."""

@@ -62,6 +62,10 @@ word_features        encode also returns the global image's spatial embeddings, 
 region_words         (with word_features) encode also returns each region caption's per-token
                      embeddings through the global text tower: the input of the
                      `region_grounding` term (losses/region_grounding.py).
+grounding_heads      (with region_words) the grounding's own projection heads: region caption
+                     words and the spatial map's last-map part are projected by heads of their
+                     own rather than the global text / image projections, so the grounding term
+                     does not bend the global embeddings (which own-report retrieval uses).
 
 share_text_tower     global and region captions go through one text tower (separate projection
                      heads either way); False gives the region captions their own tower.
@@ -109,7 +113,7 @@ def _model(image: dict, local: dict, text: dict, *, embed_dim: int = 256, dtype:
     return ml_collections.ConfigDict(dict(
         embed_dim=embed_dim, dtype=dtype, remat=remat, scan_layers=scan_layers, dropout=0.0,
         init_temperature=0.07, init_bias=-10.0, max_scale=100.0, word_features=False,
-        region_words=False, image=image, local=local, text=text, share_text_tower=True))
+        region_words=False, grounding_heads=False, image=image, local=local, text=text, share_text_tower=True))
 
 
 def tiny() -> ml_collections.ConfigDict:
