@@ -64,8 +64,8 @@ region_words         (with word_features) encode also returns each region captio
                      `region_grounding` term (losses/region_grounding.py).
 grounding_heads      (with region_words) the grounding's own projection heads: region caption
                      words and the spatial map's last-map part are projected by heads of their
-                     own rather than the global text / image projections, so the grounding term
-                     does not bend the global embeddings (which own-report retrieval uses).
+                     own rather than the global text / image projections (the image trunk is still
+                     shared). Off in cpu_demo: it lowered graded retrieval (BUILD_NOTES).
 
 share_text_tower     global and region captions go through one text tower (separate projection
                      heads either way); False gives the region captions their own tower.
