@@ -106,8 +106,23 @@ def test_evaluate_index_end_to_end(tmp_path):
     assert set(res["diagnosis_probe"]) == {"global", "region", "two_stage"}
     assert 0.5 < res["diagnosis_probe"]["two_stage"]["mean_auroc"] <= 1.0
 
+    # own report / own image, and the same-report reading (identical findings count), by brute force
+    s = arr.global_img.astype(np.float64) @ arr.global_txt.astype(np.float64).T
+    same = np.all(arr.records[:, None] == arr.records[None], axis=-1)
+    assert res["distinct_reports"] == len(np.unique(arr.records, axis=0)) < 120
+    for name, sim_q in (("image_to_text", s), ("text_to_image", s.T)):
+        ranked = np.argsort(-sim_q, axis=1, kind="stable")
+        for k in (1, 5, 10):
+            top = ranked[:, :k]
+            assert res[name][f"recall@{k}"] == pytest.approx(np.mean([i in top[i] for i in range(120)]))
+            assert res[name + "_same_report"][f"recall@{k}"] == pytest.approx(
+                np.mean([same[i, top[i]].any() for i in range(120)]))
+            lo, hi = res[name]["ci95"][f"recall@{k}"]
+            assert lo <= res[name][f"recall@{k}"] <= hi
+
     paths = write_outputs(res, str(out / "metrics.json"))
     assert json.load(open(paths["metrics"]))["queries"] == 120
+    assert "distinct reports" in open(paths["table"]).read()
     assert "| distal_radius | two_stage |" in open(paths["table"]).read()
     assert os.path.getsize(paths["recall_plot"]) > 1000 and os.path.getsize(paths["f1_plot"]) > 1000
 

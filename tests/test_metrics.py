@@ -65,6 +65,35 @@ def test_own_item_recall_matches_direct_count():
         assert got[f"recall@{k}"] == pytest.approx(np.mean([own[i] in ranked[i, :k] for i in range(40)]))
 
 
+def test_own_report_recall_counts_identical_reports_and_gives_an_interval():
+    rng = np.random.default_rng(5)
+    records = rng.integers(0, 3, (50, 2))  # 9 possible records: many identical reports
+    ranked = np.stack([rng.permutation(50)[:20] for _ in range(40)])
+    ranked[0, 10:] = -1
+    own = rng.integers(0, 50, 40)
+    classes = M.report_classes(records)
+    for i in range(50):
+        for j in range(50):
+            assert (classes[i] == classes[j]) == bool(np.all(records[i] == records[j]))
+    got = M.own_item_recall(ranked, own, (1, 5, 20), classes, ci=True)
+    plain = M.own_item_recall(ranked, own, (1, 5, 20))
+    for k in (1, 5, 20):
+        want = np.mean([any(j >= 0 and np.all(records[j] == records[own[i]]) for j in ranked[i, :k])
+                        for i in range(40)])
+        assert got[f"recall@{k}"] == pytest.approx(want)
+        assert got[f"recall@{k}"] >= plain[f"recall@{k}"]
+        lo, hi = got["ci95"][f"recall@{k}"]
+        assert lo <= got[f"recall@{k}"] <= hi
+    assert got["recall@5"] > plain["recall@5"]  # identical reports do count
+    # the percentile interval of a 0/1 mean: close to the normal approximation, narrower with more queries
+    hits = rng.random(400) < 0.3
+    lo, hi = M.bootstrap_ci(hits)
+    se = np.sqrt(hits.mean() * (1 - hits.mean()) / hits.size)
+    assert hi - lo == pytest.approx(2 * 1.96 * se, rel=0.15)
+    lo4, hi4 = M.bootstrap_ci(np.tile(hits, 4))
+    assert hi4 - lo4 < 0.6 * (hi - lo)
+
+
 def test_knn_vote_f1_matches_sklearn():
     rng = np.random.default_rng(4)
     labels = rng.integers(0, 2, 200)

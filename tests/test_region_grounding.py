@@ -166,11 +166,12 @@ def test_augmentation_moves_the_boxes_with_the_image():
     assert shifted > 4.0, "the augmentation never moved a box"
 
 
-def _tiny(grounding_heads=False, spatial_stage=-1):
+def _tiny(grounding_heads=False, spatial_stage=-1, trunk_grad=1.0):
     c = model_config("tiny_resnet")
     c.word_features = True
     c.region_words = True
     c.grounding_heads = grounding_heads
+    c.spatial_trunk_grad = trunk_grad
     c.image.spatial_stage = spatial_stage
     return build(c)
 
@@ -241,6 +242,36 @@ def test_grounding_heads_keep_the_term_off_the_global_projections(heads):
     else:
         assert "region_word_proj" not in params and "spatial_proj" not in params
         assert norm["global_text_proj"] > 0 and norm["global_image_proj"] > 0
+
+
+def test_spatial_trunk_grad_scales_only_what_reaches_the_image_tower():
+    """model.spatial_trunk_grad multiplies the term's gradient into the global image tower (0: none)
+    and changes nothing else: the same embeddings, the same gradient for the projections."""
+    b = None
+    grads, embs = {}, {}
+    for scale in (1.0, 0.25, 0.0):
+        model = _tiny(spatial_stage=0, trunk_grad=scale)
+        if b is None:
+            b = _batch(model, 4)
+            b["boxes"] = np.tile(np.array([[8, 8, 40, 40], [30, 10, 60, 34], [2, 40, 20, 60]], np.float32),
+                                 (4, 1, 1))
+            b["crop_mask"] = np.ones((4, 3), np.float32)
+            params, _ = model.init(jax.random.key(0), b)
+        term = losses.get("region_grounding")
+        grads[scale] = jax.jit(jax.grad(lambda p: term(model.encode(p, b), b, None)[0]))(params)
+        embs[scale] = jax.jit(model.encode)(params, b)
+    for k in ("spatial_img", "global_img", "region_word_txt"):
+        np.testing.assert_array_equal(np.asarray(embs[1.0][k]), np.asarray(embs[0.0][k]))
+    trunk = lambda g: np.concatenate([np.ravel(x) for x in jax.tree.leaves(g["global_image"])])
+    assert np.abs(trunk(grads[1.0])).sum() > 0
+    np.testing.assert_allclose(trunk(grads[0.25]), 0.25 * trunk(grads[1.0]), rtol=1e-4, atol=1e-9)
+    assert not np.any(trunk(grads[0.0]))
+    for k in ("global_image_proj", "global_spatial_proj", "global_text_proj"):
+        for a, z in zip(jax.tree.leaves(grads[1.0][k]), jax.tree.leaves(grads[0.0][k])):
+            assert np.any(np.asarray(z))
+            np.testing.assert_allclose(np.asarray(z), np.asarray(a), rtol=1e-5, atol=1e-8)
+    with pytest.raises(ValueError, match="spatial_trunk_grad must be in"):
+        _tiny(trunk_grad=1.5)
 
 
 def test_grounding_heads_need_region_words():

@@ -133,7 +133,7 @@ def test_model_exposes_spatial_and_word_features(preset, grid):
     b["image"] = rng.random(b["image"].shape).astype(np.float32)
     b["global_tokens"] = rng.integers(5, 100, b["global_tokens"].shape).astype(np.int32)
     params, _ = model.init(jax.random.key(0), b)
-    emb = model.encode(params, b)
+    emb = jax.jit(model.encode)(params, b)
     sp, words = np.asarray(emb["spatial_img"]), np.asarray(emb["word_txt"])
     assert sp.shape == (3, grid, grid, model.embed_dim)
     np.testing.assert_allclose(np.linalg.norm(sp, axis=-1), 1.0, rtol=1e-5)
@@ -142,7 +142,7 @@ def test_model_exposes_spatial_and_word_features(preset, grid):
                                rtol=1e-5, atol=1e-6)
     assert float(emb["word_attn_scale"]) == pytest.approx(4.0)
     # The term trains the image tower and the text side through it.
-    g = jax.grad(lambda p: losses.get("word_region")(model.encode(p, b), b, None)[0])(params)
+    g = jax.jit(jax.grad(lambda p: losses.get("word_region")(model.encode(p, b), b, None)[0]))(params)
     assert np.any(np.asarray(g["word_attn_log_scale"])) and np.any(np.asarray(g["word_log_scale"]))
     assert np.any(np.asarray(g["global_image_proj"]["kernel"]))
     # Without word_features the model has no word parameters and no extra outputs.
@@ -150,7 +150,7 @@ def test_model_exposes_spatial_and_word_features(preset, grid):
         assert np.any(np.asarray(g["global_spatial_proj"]["kernel"]))
     plain = build(model_config(preset.removesuffix("_fine")))
     p2, _ = plain.init(jax.random.key(0), b)
-    assert "word_log_scale" not in p2 and "spatial_img" not in plain.encode(p2, b)
+    assert "word_log_scale" not in p2 and "spatial_img" not in jax.eval_shape(plain.encode, p2, b)
 
 
 def test_text_cache_keeps_bounded_token_states_equal_to_the_tower():

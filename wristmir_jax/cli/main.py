@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "explain": ("wristmir_jax.cli.explain", "a preliminary finding for one bone from the retrieved cases"),
     "box-classifier": ("wristmir_jax.cli.box_classifier", "train the anatomy classifier of drawn boxes"),
     "evaluate": ("wristmir_jax.cli.evaluate", "retrieval and diagnosis metrics for an index"),
+    "compare": ("wristmir_jax.cli.compare", "two evaluations query by query: paired difference, interval, p"),
     "aot": ("wristmir_jax.cli.aot", "compile the train step for a TPU topology: fits in HBM? FLOPs"),
     "bench": ("wristmir_jax.cli.bench", "throughput / memory benchmarks (JSON)"),
     "demo": ("wristmir_jax.cli.demo", "the whole pipeline on synthetic data, ending in report.md"),

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from wristmir_jax.eval.metrics import OWN_REPORT_KEYS, own_report_note
 from wristmir_jax.schema import REGION_DISPLAY, REGIONS, fracture_labels
 from wristmir_jax.utils.fs import atomic_write, read_json_or_none
 
@@ -102,9 +103,11 @@ def _retrieval_md(metrics: dict) -> list[str]:
         ks = [x for x in (1, 5, 10) if x in metrics["ks"]]
         lines += ["", "## Image <-> report", "", "| direction | " + " | ".join(f"R@{x}" for x in ks) + " |",
                   "|---|" + "---|" * len(ks)]
-        for name in ("image_to_text", "text_to_image"):
-            lines.append(f"| {name.replace('_', ' ')} | "
-                         + " | ".join(_f(metrics[name].get(f"recall@{x}")) for x in ks) + " |")
+        for name in OWN_REPORT_KEYS:
+            if name in metrics:
+                lines.append(f"| {name.replace('_', ' ')} | "
+                             + " | ".join(_f(metrics[name].get(f"recall@{x}")) for x in ks) + " |")
+        lines += ["", own_report_note(metrics)]
     return lines + [""]
 
 

@@ -204,10 +204,26 @@ def evaluate_index(index_dir: str, train_index_dir: str | None = None, cfg: Any 
     result["image_to_report_graded"] = image_to_report_graded(retriever, q, gains, ks)
     if own:
         own_pos = np.arange(n_q)
-        _, i2t = retriever.image_to_report(q, k=max(ks))
-        result["image_to_text"] = M.own_item_recall(i2t, own_pos, ks)
-        _, t2i = retriever.text_to_image(np.asarray(index.arrays.global_txt, np.float32), k=max(ks))
-        result["text_to_image"] = M.own_item_recall(t2i, own_pos, ks)
+        i2t_scores, i2t = retriever.image_to_report(q, k=max(ks))
+        t2i_scores, t2i = retriever.text_to_image(np.asarray(index.arrays.global_txt, np.float32), k=max(ks))
+        result["image_to_text"] = M.own_item_recall(i2t, own_pos, ks, ci=True)
+        result["text_to_image"] = M.own_item_recall(t2i, own_pos, ks, ci=True)
+        # Reports with the same mined findings have the same caption: between them the order
+        # is a tie, so "own report" also reads as "a report identical to the own one".
+        classes = M.report_classes(index.arrays.records)
+        result["distinct_reports"] = int(classes.max()) + 1 if classes.size else 0
+        result["image_to_text_same_report"] = M.own_item_recall(i2t, own_pos, ks, classes, ci=True)
+        result["text_to_image_same_report"] = M.own_item_recall(t2i, own_pos, ks, classes, ci=True)
+        if export_trec and out_dir:
+            # qrels: the own item (or every item with the same report) at the top gain
+            own_gain = np.where(np.eye(n_q, dtype=bool), M.GAIN_LEVELS, 0).astype(np.int8)
+            same_gain = np.where(classes[:, None] == classes[None, :], M.GAIN_LEVELS, 0).astype(np.int8)
+            for name, (sc, ranked) in (("image_to_text", (i2t_scores, i2t)),
+                                       ("text_to_image", (t2i_scores, t2i))):
+                for suffix, g in (("own", own_gain), ("same_report", same_gain)):
+                    trec_files[f"{name}.{suffix}"] = trec.export(
+                        os.path.join(out_dir, "trec"), f"{name}.{suffix}", q_ids.tolist(),
+                        index.arrays.ids, ranked, sc, g)
 
     q_labels = fracture_labels(q_records)
     db_labels = fracture_labels(np.asarray(index.arrays.records))
@@ -348,8 +364,10 @@ def markdown_table(result: dict) -> str:
     if "image_to_text" in result:
         lines += ["", "## Image <-> report (own report / own image)", "",
                   "| direction | " + " | ".join(f"R@{k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
-        for name in ("image_to_text", "text_to_image"):
-            lines.append(f"| {name} | " + " | ".join(_fmt(result[name].get(f'recall@{k}')) for k in ks) + " |")
+        for name in M.OWN_REPORT_KEYS:
+            if name in result:
+                lines.append(f"| {name} | " + " | ".join(_fmt(result[name].get(f'recall@{k}')) for k in ks) + " |")
+        lines += ["", M.own_report_note(result)]
     if "image_to_report_graded" in result:
         lines += ["", "## Image -> report, graded relevance of the retrieved reports (other patients)", "",
                   "| condition | " + " | ".join(f"nDCG@{k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]

@@ -30,7 +30,9 @@ caption token by token through the global text tower and projection (the words g
 measures; the `region_grounding` term's input; with a frozen tower from the batch's
 `region_token_feat` f32[B,3,L,W]). With `grounding_heads` the region words and the spatial map's
 last-map part have projection heads of their own (`region_word_proj`, `spatial_proj`), so the
-grounding term leaves the global projections to the global terms.
+grounding term leaves the global projections to the global terms. `spatial_trunk_grad` scales
+the gradient the spatial map sends back into the global image tower (0: the spatial terms
+train only projections, over features the global terms shape).
 
 Towers: global image (ViT or ResNet) <-> global caption; local image (one tower shared across the
 three bones with a region embedding, or one per bone, vmapped) <-> region caption. The text
@@ -80,6 +82,12 @@ class NetSpec:
     word_features: bool = False
     region_words: bool = False
     grounding_heads: bool = False
+    spatial_trunk_grad: float = 1.0
+
+
+def _scale_grad(x, scale: float):
+    """x unchanged going forward; its gradient multiplied by `scale` going back."""
+    return scale * x + (1.0 - scale) * jax.lax.stop_gradient(x)
 
 
 def _tower_cls(spec):
@@ -150,6 +158,8 @@ class WristNet(nn.Module):
         image.spatial_stage (ResNet) on that stage's finer grid, the last map's projection
         (nearest-upsampled: what is there) plus the finer map's own (where exactly)."""
         last_proj = self.spatial_proj if self.spec.grounding_heads else self.global_image_proj
+        if self.spec.spatial_trunk_grad != 1.0:
+            fmap = jax.tree.map(lambda x: _scale_grad(x, self.spec.spatial_trunk_grad), fmap)
         if isinstance(self.spec.global_image, ViTSpec):
             g = self.spec.global_image.grid
             return last_proj(fmap[:, 1:].reshape(fmap.shape[0], g, g, fmap.shape[-1]))
@@ -329,6 +339,9 @@ def net_spec(cfg: ml_collections.ConfigDict, deterministic: bool = True) -> NetS
     if cfg.get("grounding_heads", False) and not cfg.get("region_words", False):
         raise ValueError("model.grounding_heads needs model.region_words=True (they are the region "
                          "words' and the spatial map's heads)")
+    trunk_grad = float(cfg.get("spatial_trunk_grad", 1.0))
+    if not 0.0 <= trunk_grad <= 1.0:
+        raise ValueError(f"model.spatial_trunk_grad must be in [0, 1], got {trunk_grad}")
     common = dict(dtype=_DTYPES[cfg.dtype], remat=bool(cfg.remat), scan=bool(cfg.scan_layers),
                   dropout=float(cfg.dropout), deterministic=deterministic)
     shared = bool(cfg.local.shared_across_regions)
@@ -349,7 +362,7 @@ def net_spec(cfg: ml_collections.ConfigDict, deterministic: bool = True) -> NetS
         init_log_scale=float(math.log(1.0 / cfg.init_temperature)), init_bias=float(cfg.init_bias),
         max_scale=float(cfg.max_scale), word_features=bool(cfg.get("word_features", False)),
         region_words=bool(cfg.get("region_words", False)),
-        grounding_heads=bool(cfg.get("grounding_heads", False)))
+        grounding_heads=bool(cfg.get("grounding_heads", False)), spatial_trunk_grad=trunk_grad)
 
 
 # ----------------------------------------------------------------------------- public model

@@ -66,6 +66,10 @@ grounding_heads      (with region_words) the grounding's own projection heads: r
                      words and the spatial map's last-map part are projected by heads of their
                      own rather than the global text / image projections (the image trunk is still
                      shared). Off in cpu_demo: it lowered graded retrieval (BUILD_NOTES).
+spatial_trunk_grad   in [0, 1]: the share of the spatial terms' (word_region, region_grounding)
+                     gradient that reaches the global image tower through the spatial map; 1
+                     trains the trunk to localise, 0 leaves the trunk to the global terms.
+                     cpu_demo keeps 1: 0 and 0.1 lowered graded retrieval (BUILD_NOTES).
 
 share_text_tower     global and region captions go through one text tower (separate projection
                      heads either way); False gives the region captions their own tower.
@@ -113,7 +117,8 @@ def _model(image: dict, local: dict, text: dict, *, embed_dim: int = 256, dtype:
     return ml_collections.ConfigDict(dict(
         embed_dim=embed_dim, dtype=dtype, remat=remat, scan_layers=scan_layers, dropout=0.0,
         init_temperature=0.07, init_bias=-10.0, max_scale=100.0, word_features=False,
-        region_words=False, grounding_heads=False, image=image, local=local, text=text, share_text_tower=True))
+        region_words=False, grounding_heads=False, spatial_trunk_grad=1.0, image=image, local=local, text=text,
+        share_text_tower=True))
 
 
 def tiny() -> ml_collections.ConfigDict:
