@@ -134,8 +134,8 @@ def own_report_note(result: dict, k: int = 10) -> str:
     parts = [f"{name} [{ci[0]:.3f}, {ci[1]:.3f}]" for name in OWN_REPORT_KEYS
              if (ci := result.get(name, {}).get("ci95", {}).get(f"recall@{k}"))]
     return (f"95% bootstrap intervals of R@{k} over the {result['queries']} queries: " + "; ".join(parts)
-            + f". {result.get('distinct_reports', '?')} distinct reports: `_same_report` counts a report "
-            "with the same mined findings (the identical caption) as the own one.")
+            + f". {result.get('distinct_reports', '?')} distinct reports: the same-report rows count any "
+            "report with the same mined findings (the identical caption) as the own one.")
 
 
 def report_classes(records: np.ndarray) -> np.ndarray:
