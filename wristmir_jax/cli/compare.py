@@ -2,8 +2,8 @@
 [--out cmp.json]`: two evaluations of the same queries (`wristmir evaluate` output folders or their
 metrics.json), query by query: means, the paired difference B - A with its 95% bootstrap interval
 and a paired randomisation p-value per TREC run both hold (eval/compare.py). More pairs (one per
-seed) are pooled. Use it before calling a change
-an improvement or a loss: a few hundred test queries leave several points of noise."""
+seed) are pooled. Use it before calling a change an improvement or a loss: a few hundred test
+queries leave several points of noise."""
 
 from __future__ import annotations
 
