@@ -10,6 +10,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+from conftest import assert_grad_matches_fd
+
 from wristmir_jax import losses
 
 B, D = 8, 5
@@ -246,24 +248,10 @@ def test_gradient_matches_finite_differences(name):
         grad = jax.jit(jax.grad(lambda e, b: losses.get(name)(e, b, params)[0]))(
             to_jax(emb, jnp.float64), to_jax(batch, jnp.float64))
         grad = {k: np.asarray(v) for k, v in grad.items()}
-    rng = np.random.default_rng(7)
-    coords = []
-    for f in fields:
-        shape = np.shape(emb[f])
-        picks = 1 if shape == () else 3
-        for _ in range(picks):
-            coords.append((f, tuple(int(rng.integers(0, s)) for s in shape)))
-    eps = 1e-6
-    checked = 0
-    for f, idx in coords:
-        plus = {k: np.array(v, np.float64) for k, v in emb.items()}
-        minus = {k: np.array(v, np.float64) for k, v in emb.items()}
-        plus[f][idx] += eps
-        minus[f][idx] -= eps
-        fd = (REFERENCES[name](plus, batch, params) - REFERENCES[name](minus, batch, params)) / (2 * eps)
-        np.testing.assert_allclose(grad[f][idx], fd, rtol=1e-5, atol=1e-7, err_msg=f"{name} {f}{idx}")
-        checked += abs(fd) > 1e-6
-    assert checked >= 3, "finite differences saw almost no signal"
+    scalars = tuple(f for f in fields if np.shape(emb[f]) == ())
+    assert_grad_matches_fd(grad, emb, lambda e: REFERENCES[name](e, batch, params), scalars=scalars,
+                           fields=tuple(f for f in fields if f not in scalars), per_field=3, seed=7,
+                           atol=1e-7, min_moved=3)
     # Terms never touch the other level's embeddings.
     other = LOCAL_FIELDS if fields is GLOBAL_FIELDS else GLOBAL_FIELDS
     if name != "anatomy_soft":
