@@ -1,7 +1,8 @@
 """Our heads-major attention equals jax.nn.dot_product_attention and an independent numpy
 reference, with padding masks (a fully padded row included), in fp32 and bf16; the attention
 module's fused projections equal separate ones (self- and cross-attention); the ViT and the text
-tower give the same outputs with jax's attention swapped in."""
+tower give the same outputs with jax's attention swapped in; the hand-written attention gradient
+equals PyTorch's and JAX's autodiff, alone and through a scanned, rematerialised ViT."""
 
 import flax.linen as nn
 import jax
@@ -127,3 +128,85 @@ def test_text_tower_and_vit_equal_jax_attention(dtype, tol):
     np.testing.assert_allclose(np.asarray(v_new, np.float32), np.asarray(v_old, np.float32),
                                atol=tol, rtol=tol)
     assert float(jnp.abs(v_new.astype(jnp.float32)).max()) > 0.0
+
+
+def torch_attention_grads(q, k, v, bias, mask, d_out):
+    """Gradients of sum(d_out * attention(q, k, v)) with respect to q, k, v and the bias by
+    PyTorch's scaled_dot_product_attention (heads-major inputs, float64)."""
+    torch = pytest.importorskip("torch")
+    t = [torch.tensor(np.asarray(x, np.float64), requires_grad=True) for x in (q, k, v, bias)]
+    attn_mask = t[3] if mask is None else t[3].masked_fill(~torch.tensor(np.asarray(mask)),
+                                                          float(NEG_INF))
+    out = torch.nn.functional.scaled_dot_product_attention(*t[:3], attn_mask=attn_mask)
+    (out * torch.tensor(np.asarray(d_out, np.float64))).sum().backward()
+    return [x.grad.numpy() for x in t]
+
+
+@pytest.mark.parametrize("use_mask", [False, True])
+def test_hand_written_attention_gradient_equals_torch_and_autodiff(use_mask):
+    """`heads_major_attention`'s custom backward against PyTorch's attention backward (float64)
+    and against JAX's own differentiation of the same forward, for q, k, v and a padding bias
+    that broadcasts over heads and queries; with a bool mask (fully masked row included), whose
+    masked logits take no gradient."""
+    rng = np.random.default_rng(5)
+    b, n, t, s, h = 3, 2, 5, 6, 8
+    q = rng.normal(size=(b, n, t, h)).astype(np.float32)
+    k, v = (rng.normal(size=(b, n, s, h)).astype(np.float32) for _ in range(2))
+    d_out = rng.normal(size=(b, n, t, h)).astype(np.float32)
+    bias, mask = padding_bias(b, s, 6)
+    bias = bias + rng.normal(size=bias.shape).astype(np.float32) * (bias == 0)
+    mask = mask[:, None, None, :] if use_mask else None
+
+    def grads(attn):
+        loss = lambda q, k, v, bias: jnp.sum(jnp.asarray(d_out) * attn(
+            q, k, v, bias, None if mask is None else jnp.asarray(mask)))
+        return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(*map(jnp.asarray, (q, k, v, bias)))
+
+    got = grads(layers.heads_major_attention)
+    auto = grads(layers.attention_autodiff)
+    ref = torch_attention_grads(q, k, v, bias, mask, d_out)
+    # The last caption is all padding: in float32 its logits all round to NEG_INF (uniform
+    # weights), in torch's float64 they keep their differences; compare the others with torch.
+    rows = slice(0, b - 1)
+    for name, g, a, r in zip(("q", "k", "v", "bias"), got, auto, ref):
+        assert g.shape == a.shape == r.shape, name
+        np.testing.assert_allclose(np.asarray(g), np.asarray(a), atol=2e-5, rtol=1e-4,
+                                   err_msg=name)
+        np.testing.assert_allclose(np.asarray(g)[rows], r[rows], atol=2e-5, rtol=1e-4,
+                                   err_msg=name)
+        assert float(np.abs(r[rows]).max()) > 1e-3, name       # the comparison has signal
+    if mask is not None:                                        # a fully masked row: no NaN,
+        assert np.isfinite(np.asarray(got[0])).all()           # and no gradient to its keys
+        np.testing.assert_array_equal(np.asarray(got[1])[-1], 0.0)
+
+
+@pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 3e-2)])
+def test_block_gradients_with_hand_written_attention_equal_autodiff(monkeypatch, dtype, tol):
+    """A whole ViT (scanned, rematerialised blocks) trains with the same parameter gradients
+    whichever attention gradient it uses."""
+    vit = ViT(ViTSpec(image_size=16, patch=4, width=32, depth=2, heads=4, mlp_dim=64, dtype=dtype,
+                      remat=True, scan=True))
+    img = jnp.asarray(np.random.default_rng(7).uniform(size=(2, 16, 16, 1)), jnp.float32)
+    params = vit.init(jax.random.PRNGKey(0), img)
+    w = jnp.asarray(np.random.default_rng(8).normal(size=(2, 17, 32)), jnp.float32)
+
+    def grads():
+        loss = lambda p: jnp.sum(w * vit.apply(p, img)[1].astype(jnp.float32))
+        return jax.jit(jax.grad(loss))(params)
+
+    got = grads()
+    monkeypatch.setattr(layers, "heads_major_attention", layers.attention_autodiff)
+    ref = grads()
+    leaves = jax.tree_util.tree_flatten_with_path(ref)[0]
+    assert len(leaves) == len(jax.tree.leaves(got)) > 0
+    top = max(float(jnp.abs(x.astype(jnp.float32)).max()) for x in jax.tree.leaves(got))
+    for (path, r), g in zip(leaves, jax.tree.leaves(got)):
+        name = jax.tree_util.keystr(path)
+        r, g = np.asarray(r, np.float32), np.asarray(g, np.float32)
+        if "['key']['bias']" in name:
+            # Zero up to rounding: softmax ignores a logit shift shared by all keys of a row.
+            assert np.abs(g).max() <= 1e-4 * top, name
+            continue
+        scale = float(np.abs(r).max())
+        assert scale > 0.0, name
+        np.testing.assert_allclose(g / scale, r / scale, atol=tol, err_msg=name)

@@ -89,8 +89,8 @@ def test_clip_parity_suite_writes_json_and_png(tmp_path):
     assert row["ours"]["profile"]["per_op_events"] is True
     core = r["attention_core"]
     assert core["shape_bnth"] == [8, 2, 17, 16]  # :tiny: 32 px / 8 px patches + CLS, 2 heads of 16
-    assert set(core["fwd_bwd_ms"]) == {"ours_heads_major", "jax_dot_product_attention_xla",
-                                       "torch_sdpa"}
+    assert set(core["fwd_bwd_ms"]) == {"ours_heads_major", "ours_heads_major_autodiff",
+                                       "jax_dot_product_attention_xla", "torch_sdpa"}
     assert all(v > 0 for v in core["fwd_bwd_ms"].values())
     assert r["host_memory"]["applied"] is True
     assert r["ratio_examples_per_s"] == pytest.approx(

@@ -364,28 +364,20 @@ def torch_param_count(model) -> int:
 
 # ----------------------------------------------------------------------------- attention alone
 
-def attention_core(arch: dict, batch: int, repeats: int = 5) -> dict:
+def attention_core(arch: dict, batch: int, repeats: int = 9) -> dict:
     """Forward + backward milliseconds of the image tower's attention core alone (softmax(QK^T)V
     at the tower's tokens, heads and head width; loss sum(out^2)): ours (models/layers'
-    heads-major einsums), `jax.nn.dot_product_attention(implementation="xla")` on [B,T,N,H], and
+    heads-major einsums with the hand-written gradient, and differentiated by JAX),
+    `jax.nn.dot_product_attention(implementation="xla")` on [B,T,N,H], and
     PyTorch's `scaled_dot_product_attention` (open_clip's path) on [B,N,T,H]; median of
-    `repeats` after one warm-up."""
+    `repeats` rounds (interleaved) after one warm-up."""
     import torch
 
-    from wristmir_jax.models.layers import heads_major_attention
+    from wristmir_jax.models.layers import attention_autodiff, heads_major_attention
 
     t = (arch["image_size"] // arch["patch"]) ** 2 + 1
     n, h = arch["heads"], arch["width"] // arch["heads"]
     x = np.random.default_rng(0).standard_normal((3, batch, n, t, h)).astype(np.float32)
-
-    def timed(fn) -> float:
-        fn()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return 1e3 * float(np.median(times))
 
     def jax_grad(attn, layout):
         g = jax.jit(jax.grad(lambda q, k, v: jnp.sum(attn(q, k, v) ** 2), argnums=(0, 1, 2)))
@@ -397,12 +389,22 @@ def attention_core(arch: dict, batch: int, repeats: int = 5) -> dict:
     def torch_step():
         torch.nn.functional.scaled_dot_product_attention(*qkv).pow(2).sum().backward()
 
+    fns = {"ours_heads_major": jax_grad(heads_major_attention, "bnth"),
+           "ours_heads_major_autodiff": jax_grad(attention_autodiff, "bnth"),
+           "jax_dot_product_attention_xla": jax_grad(
+               lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla"),
+               "btnh"),
+           "torch_sdpa": torch_step}
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()                                                          # compile / warm up
+    for _ in range(repeats):                                          # rounds interleaved
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
     flops = 3 * 4 * batch * n * t * t * h
-    ms = {"ours_heads_major": timed(jax_grad(heads_major_attention, "bnth")),
-          "jax_dot_product_attention_xla": timed(jax_grad(
-              lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla"),
-              "btnh")),
-          "torch_sdpa": timed(torch_step)}
+    ms = {name: 1e3 * float(np.median(ts)) for name, ts in times.items()}
     return {"shape_bnth": [batch, n, t, h], "fwd_bwd_ms": ms,
             "fwd_bwd_gflop_per_s": {k: flops / v / 1e6 for k, v in ms.items()}}
 
